@@ -1,0 +1,5 @@
+"""Synthetic and example datasets in segger's SpatialData layout."""
+
+from ._toy import toy
+
+__all__ = ["toy"]

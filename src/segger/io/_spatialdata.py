@@ -1,0 +1,131 @@
+"""Assemble and validate segger's SpatialData layout from plain data frames."""
+
+from __future__ import annotations
+
+import logging
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+from spatialdata import SpatialData
+from spatialdata.models import PointsModel, ShapesModel
+from spatialdata.transformations import Identity
+
+from .. import _constants as C
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_POINTS_COLUMNS = (C.X, C.Y, C.FEATURE_NAME)
+
+
+def check_coordinates(points: pd.DataFrame, columns: tuple[str, ...], *, source: str) -> None:
+    """Raise ValueError when coordinate columns contain NaN or infinite values.
+
+    Parameters
+    ----------
+    points
+        Transcripts, one row each.
+    columns
+        Coordinate columns to check; absent ones are skipped.
+    source
+        File or element name used in the message.
+    """
+    for column in columns:
+        if column not in points.columns:
+            continue
+        values = points[column].to_numpy(dtype=np.float64, na_value=np.nan)
+        n_bad = int((~np.isfinite(values)).sum())
+        if n_bad:
+            msg = (
+                f"{n_bad} of {len(points)} transcripts in {source} have a NaN or infinite {column!r} "
+                f"coordinate. Drop them first, for example "
+                f"`df = df[np.isfinite(df[{column!r}])]`, and pass the cleaned data."
+            )
+            raise ValueError(msg)
+
+
+def check_required_columns(frame: pd.DataFrame, required: tuple[str, ...], *, source: str) -> None:
+    """Raise ValueError naming every column of ``required`` that ``frame`` lacks."""
+    missing = [column for column in required if column not in frame.columns]
+    if missing:
+        msg = (
+            f"{source} is missing the required column(s) {missing}; it has {list(frame.columns)}. "
+            "Rename the columns to the expected names or use the reader for this instrument."
+        )
+        raise ValueError(msg)
+
+
+def flag_controls(feature_names: pd.Series, prefixes: tuple[str, ...] = C.CONTROL_PREFIXES) -> np.ndarray:
+    """Return a boolean array that is True where a feature name starts with a control prefix."""
+    names = feature_names.astype(str)
+    return names.str.startswith(prefixes).to_numpy(dtype=bool)
+
+
+def to_cell_id_strings(values: pd.Series, *, missing: tuple = ("UNASSIGNED", "-1", "0", "")) -> pd.Series:
+    """Convert vendor cell ids to a nullable string column with ``pd.NA`` where none was assigned.
+
+    Integer ids -1 and 0 (older Xenium outputs), the string ``"UNASSIGNED"`` and empty strings
+    all mean "no cell".
+    """
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        strings = values.astype("Int64").astype("string")
+    else:
+        strings = values.map(_decode_bytes).astype("string")
+    return strings.mask(strings.isin(missing) | strings.isna(), pd.NA)
+
+
+def _decode_bytes(value: object) -> object:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return value
+
+
+def decode_byte_strings(values: pd.Series) -> pd.Series:
+    """Return ``values`` with any ``bytes`` entries decoded as UTF-8 (older Xenium parquet files)."""
+    if values.dtype == object and len(values) and isinstance(values.iloc[0], bytes):
+        return values.map(_decode_bytes)
+    return values
+
+
+def build_spatialdata(
+    points: pd.DataFrame,
+    shapes: dict[str, gpd.GeoDataFrame],
+    *,
+    points_key: str = C.POINTS_KEY,
+) -> SpatialData:
+    """Parse points and shapes with the spatialdata models and return a SpatialData object.
+
+    Parameters
+    ----------
+    points
+        Transcripts in the points schema: ``x``, ``y`` (and optionally ``z``) in µm and
+        ``feature_name``.
+    shapes
+        Prior shapes by element name, each a GeoDataFrame of polygons indexed by cell id.
+    points_key
+        Name of the points element.
+
+    Returns
+    -------
+    A SpatialData object whose elements share the identity transformation to ``"global"``.
+    """
+    check_required_columns(points, REQUIRED_POINTS_COLUMNS, source=f"points {points_key!r}")
+    check_coordinates(points, (C.X, C.Y, C.Z), source=f"points {points_key!r}")
+
+    points = points.copy()
+    points[C.FEATURE_NAME] = points[C.FEATURE_NAME].astype(str).astype("category")
+    coordinates = {"x": C.X, "y": C.Y}
+    if C.Z in points.columns:
+        coordinates["z"] = C.Z
+    transformations = {C.COORDINATE_SYSTEM: Identity()}
+    parsed_points = PointsModel.parse(
+        points,
+        coordinates=coordinates,
+        feature_key=C.FEATURE_NAME,
+        transformations=transformations,
+    )
+
+    parsed_shapes = {
+        name: ShapesModel.parse(frame, transformations=transformations) for name, frame in shapes.items()
+    }
+    return SpatialData(points={points_key: parsed_points}, shapes=parsed_shapes)
