@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_dataset(name: str) -> Path:
+    """Return the path of a real crop under ../shared/data, skipping the test when it is absent."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real data folder {path} is absent; it lives beside the repository in ../shared/data")
+    return path
+
+
+@pytest.fixture
+def xenium_lung_path() -> Path:
+    return shared_dataset("xenium_lung_15k")
