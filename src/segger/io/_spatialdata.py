@@ -117,15 +117,16 @@ def build_spatialdata(
     coordinates = {"x": C.X, "y": C.Y}
     if C.Z in points.columns:
         coordinates["z"] = C.Z
-    transformations = {C.COORDINATE_SYSTEM: Identity()}
     parsed_points = PointsModel.parse(
         points,
         coordinates=coordinates,
         feature_key=C.FEATURE_NAME,
-        transformations=transformations,
+        transformations={C.COORDINATE_SYSTEM: Identity()},
     )
 
+    # Each element gets its own transformation object, so changing one leaves the others alone.
     parsed_shapes = {
-        name: ShapesModel.parse(frame, transformations=transformations) for name, frame in shapes.items()
+        name: ShapesModel.parse(frame, transformations={C.COORDINATE_SYSTEM: Identity()})
+        for name, frame in shapes.items()
     }
     return SpatialData(points={points_key: parsed_points}, shapes=parsed_shapes)

@@ -1,1 +1,16 @@
+"""The Segger network, its training and prediction; independent of SpatialData."""
 
+from ._prediction import TilePrediction, fragment_cells, predict_tile
+from ._segger import UNKNOWN_TOKEN, Segger
+from ._training import SeggerModule, TrainingSettings, train
+
+__all__ = [
+    "UNKNOWN_TOKEN",
+    "Segger",
+    "SeggerModule",
+    "TilePrediction",
+    "TrainingSettings",
+    "fragment_cells",
+    "predict_tile",
+    "train",
+]

@@ -1,1 +1,3 @@
+"""Plots of segmentations; every function returns its matplotlib axes."""
 
+__all__: list[str] = []

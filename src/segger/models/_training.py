@@ -1,0 +1,254 @@
+"""Training of the Segger network with Lightning."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+from torch_geometric.data import HeteroData
+from torch_geometric.utils import scatter
+
+from ..graph import BD, TX
+from ._links import inside_mask, split_links
+from ._segger import Segger
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingSettings:
+    """Optimisation settings.
+
+    Attributes
+    ----------
+    max_epochs
+        Maximum passes over the training tiles.
+    max_steps
+        Maximum optimiser steps (one tile per step); bounds the cost on large slides.
+    learning_rate, weight_decay
+        AdamW parameters.
+    gradient_clip
+        Maximum gradient norm.
+    supervision_ratio
+        Share of the labelled transcripts of a tile whose links are scored in one step; their
+        own links are hidden from message passing in that step.
+    n_negatives
+        Nearby non-owning shapes scored per positive link.
+    patience
+        Epochs without improvement of the validation loss before training stops.
+    validation_share
+        Share of tiles (with many tiles) or of labelled transcripts (with few) held out for validation.
+    """
+
+    max_epochs: int = 60
+    max_steps: int = 400
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    gradient_clip: float = 1.0
+    supervision_ratio: float = 0.3
+    n_negatives: int = 5
+    patience: int = 8
+    validation_share: float = 0.15
+
+
+class SeggerModule(L.LightningModule):
+    """Lightning wrapper that trains a :class:`Segger` network on tile graphs.
+
+    Each training step scores the candidate links of a random share of a tile's labelled
+    transcripts and hides those transcripts' own ``belongs`` edges from message passing. The
+    validation transcripts, marked by ``data["tx"].validation``, are hidden from message passing
+    in every training step.
+    """
+
+    def __init__(self, model: Segger, settings: TrainingSettings, *, random_state: int = 0) -> None:
+        super().__init__()
+        self.model = model
+        self.settings = settings
+        self.random_state = random_state
+
+    def _step_generator(self, salt: int) -> torch.Generator:
+        generator = torch.Generator()
+        generator.manual_seed(int(self.random_state) * 1_000_003 + salt)
+        return generator
+
+    def _loss(self, data: HeteroData, supervised: torch.Tensor, excluded: torch.Tensor):
+        edge_index_dict, links, labels = split_links(
+            data, supervised, excluded, n_negatives=self.settings.n_negatives
+        )
+        if labels.numel() == 0:
+            return None, None
+        z = self.model({TX: data[TX].x, BD: data[BD].x}, edge_index_dict)
+        logits = self.model.decode(z[TX], z[BD], links)
+        loss = F.binary_cross_entropy_with_logits(logits, labels)
+        return loss, (logits, labels, links)
+
+    def training_step(self, data: HeteroData, batch_idx: int) -> torch.Tensor | None:
+        inside = inside_mask(data)
+        validation = data[TX].validation
+        eligible = inside & data[TX].core & ~validation
+        generator = self._step_generator(self.global_step)
+        draw = torch.rand(eligible.shape[0], generator=generator).to(eligible.device)
+        supervised = eligible & (draw < self.settings.supervision_ratio)
+
+        loss, _ = self._loss(data, supervised, supervised | validation)
+        if loss is None:
+            return None
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=int(supervised.sum()))
+        return loss
+
+    def validation_step(self, data: HeteroData, batch_idx: int) -> None:
+        validation = data[TX].validation
+        supervised = validation & data[TX].core & inside_mask(data)
+        loss, scored = self._loss(data, supervised, validation)
+        if loss is None:
+            return
+        logits, labels, links = scored
+        batch_size = int(supervised.sum())
+        self.log("val_loss", loss, on_step=False, on_epoch=True, batch_size=batch_size)
+        self.log("val_accuracy", _top_candidate_accuracy(logits, labels, links[0]), batch_size=batch_size)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            self.model.parameters(), lr=self.settings.learning_rate, weight_decay=self.settings.weight_decay
+        )
+
+
+def _top_candidate_accuracy(
+    logits: torch.Tensor, labels: torch.Tensor, sources: torch.Tensor
+) -> torch.Tensor:
+    """Share of supervised transcripts whose highest-scoring candidate is the containing shape."""
+    best = scatter(logits, sources, dim=0, dim_size=int(sources.max()) + 1, reduce="max")
+    positive = labels > 0
+    return (logits[positive] >= best[sources[positive]]).float().mean()
+
+
+class _HistoryCallback(Callback):
+    """Collect the per-epoch figures that Lightning logged into a list of rows."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        for name in ("train_loss", "val_loss", "val_accuracy"):
+            value = trainer.callback_metrics.get(name)
+            row[name] = float(value) if value is not None else np.nan
+        self.rows.append(row)
+
+
+def assign_validation(
+    tiles: Sequence[HeteroData], *, share: float, min_tiles: int, random_state: int
+) -> tuple[list[HeteroData], list[HeteroData], str]:
+    """Mark validation transcripts and return the training tiles, validation tiles and the split kind.
+
+    With at least ``min_tiles`` tiles, a random ``share`` of the tiles is held out whole and a
+    fixed random 30 % of their labelled transcripts is scored in validation. With fewer tiles,
+    ``share`` of the labelled transcripts of every tile is held out instead, and every tile
+    serves both training and validation.
+    """
+    rng = np.random.default_rng(random_state)
+    for data in tiles:
+        data[TX].validation = torch.zeros(data[TX].num_nodes, dtype=torch.bool)
+
+    if len(tiles) >= min_tiles:
+        n_validation = max(1, round(share * len(tiles)))
+        held_out = set(rng.choice(len(tiles), size=n_validation, replace=False).tolist())
+        for position in sorted(held_out):
+            data = tiles[position]
+            data[TX].validation = torch.from_numpy(rng.random(data[TX].num_nodes) < 0.3)
+        training = [data for position, data in enumerate(tiles) if position not in held_out]
+        validation = [tiles[position] for position in sorted(held_out)]
+        return training, validation, "tiles"
+
+    for data in tiles:
+        data[TX].validation = torch.from_numpy(rng.random(data[TX].num_nodes) < share)
+    return list(tiles), list(tiles), "links"
+
+
+def train(
+    model: Segger,
+    tiles: Sequence[HeteroData],
+    settings: TrainingSettings,
+    *,
+    accelerator: str = "auto",
+    devices: int | str = 1,
+    strategy: str = "auto",
+    precision: str | None = None,
+    min_validation_tiles: int = 10,
+    random_state: int = 0,
+    progress_bar: bool = True,
+) -> pd.DataFrame:
+    """Train ``model`` in place on tile graphs and return the training history.
+
+    Parameters
+    ----------
+    model
+        Network to train.
+    tiles
+        Tile graphs from :func:`segger.graph.build_tile_graph`. A ``validation`` mask is added
+        to their ``tx`` nodes.
+    settings
+        Optimisation settings.
+    accelerator, devices, strategy, precision
+        Passed to :class:`lightning.Trainer`.
+    min_validation_tiles
+        Fewest tiles for holding out whole tiles for validation rather than labelled links.
+    random_state
+        Seed for the weights, the validation split and the per-step link sampling.
+    progress_bar
+        Whether to show Lightning's progress bar.
+
+    Returns
+    -------
+    One row per epoch with ``epoch``, ``step``, ``train_loss``, ``val_loss`` and ``val_accuracy``.
+    """
+    L.seed_everything(random_state, workers=True, verbose=False)
+    model.reset_parameters()
+
+    training, validation, split = assign_validation(
+        tiles, share=settings.validation_share, min_tiles=min_validation_tiles, random_state=random_state
+    )
+    logger.info(
+        "Training on %d tile(s), validating on %d (held-out %s).", len(training), len(validation), split
+    )
+
+    module = SeggerModule(model, settings, random_state=random_state)
+    history = _HistoryCallback()
+    trainer = L.Trainer(
+        max_epochs=settings.max_epochs,
+        max_steps=settings.max_steps,
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        precision=precision,
+        gradient_clip_val=settings.gradient_clip,
+        callbacks=[EarlyStopping(monitor="val_loss", patience=settings.patience, min_delta=1e-4), history],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(
+        module,
+        train_dataloaders=_loader(training, shuffle=True, random_state=random_state),
+        val_dataloaders=_loader(validation, shuffle=False, random_state=random_state),
+    )
+    model.cpu()
+    return pd.DataFrame(history.rows)
+
+
+def _loader(tiles: Sequence[HeteroData], *, shuffle: bool, random_state: int) -> DataLoader:
+    generator = torch.Generator()
+    generator.manual_seed(random_state)
+    return DataLoader(list(tiles), batch_size=None, shuffle=shuffle, generator=generator, num_workers=0)

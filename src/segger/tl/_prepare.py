@@ -1,0 +1,276 @@
+"""Read and validate the points and prior shapes of a SpatialData object for segmentation."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+from spatialdata import SpatialData
+from spatialdata.transformations import get_transformation
+
+from .. import _constants as C
+from ..graph import GraphInputs, shape_features
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    """Everything segmentation needs from a SpatialData object, as plain arrays and frames.
+
+    Attributes
+    ----------
+    points
+        All transcripts of the points element, in element order.
+    shapes
+        The prior shapes, valid polygons indexed by cell id.
+    in_graph
+        Mask over ``points``: non-control transcripts that pass the quality filter.
+    genes
+        Gene name of each graph transcript.
+    positions
+        Coordinates of each graph transcript, shape ``(n, 3)``, µm; z is 0 when absent.
+    prior_index
+        Position in ``shapes`` of the shape that contains each graph transcript, -1 for none.
+    shape_features
+        Unscaled shape features, shape ``(m, 4)``.
+    shape_centroids
+        Shape centroids, shape ``(m, 2)``.
+    feature_key
+        Name of the gene column.
+    """
+
+    points: pd.DataFrame
+    shapes: gpd.GeoDataFrame
+    in_graph: np.ndarray
+    genes: np.ndarray
+    positions: np.ndarray
+    prior_index: np.ndarray
+    shape_features: np.ndarray
+    shape_centroids: np.ndarray
+    feature_key: str
+
+    def graph_inputs(self, tokens: np.ndarray, scaled_shape_features: np.ndarray) -> GraphInputs:
+        """Return the arrays for graph building with the given gene tokens and scaled shape features."""
+        return GraphInputs(
+            positions=self.positions,
+            tokens=tokens,
+            prior_index=self.prior_index,
+            shape_centroids=self.shape_centroids,
+            shape_features=scaled_shape_features,
+        )
+
+
+def prepare(
+    sdata: SpatialData,
+    *,
+    points_key: str,
+    shapes_key: str,
+    min_qv: float | None,
+    require_labels: bool,
+) -> PreparedData:
+    """Validate the input and return the arrays that graph building needs.
+
+    Parameters
+    ----------
+    sdata
+        Input; it is not modified.
+    points_key, shapes_key
+        Names of the transcripts and prior-shape elements.
+    min_qv
+        Minimum quality value of graph transcripts; ``None`` disables the filter.
+    require_labels
+        Whether at least one graph transcript must lie inside a prior shape (needed for training).
+    """
+    points, feature_key = _read_points(sdata, points_key)
+    shapes = _read_shapes(sdata, shapes_key)
+    _check_coordinate_systems(sdata, points_key, shapes_key)
+
+    in_graph = _graph_mask(points, feature_key, min_qv)
+    if not in_graph.any():
+        msg = (
+            f"No transcript of points {points_key!r} can enter the graph: all {len(points)} are control "
+            f"probes or have qv < {min_qv}. Lower `min_qv` or check the `is_control` column."
+        )
+        raise ValueError(msg)
+
+    graph_points = points.loc[in_graph]
+    positions = np.zeros((len(graph_points), 3), dtype=np.float32)
+    positions[:, 0] = graph_points[C.X].to_numpy(dtype=np.float32)
+    positions[:, 1] = graph_points[C.Y].to_numpy(dtype=np.float32)
+    if C.Z in graph_points.columns:
+        positions[:, 2] = graph_points[C.Z].to_numpy(dtype=np.float32)
+
+    prior_index = _prior_index(graph_points, shapes)
+    if require_labels and not (prior_index >= 0).any():
+        msg = (
+            f"No transcript of points {points_key!r} lies inside a shape of {shapes_key!r}, so there "
+            f"are no training labels. Check that `shapes_key` names the nuclei, that the "
+            f"{C.CELL_ID!r} column uses the shapes' index, and that both elements share coordinates."
+        )
+        raise ValueError(msg)
+
+    polygons = shapes.geometry.to_numpy()
+    centroids = shapely.get_coordinates(shapely.centroid(polygons))
+    logger.info(
+        "Prepared %d of %d transcripts for the graph (%d inside one of %d prior shapes).",
+        len(graph_points),
+        len(points),
+        int((prior_index >= 0).sum()),
+        len(shapes),
+    )
+    return PreparedData(
+        points=points,
+        shapes=shapes,
+        in_graph=in_graph,
+        genes=graph_points[feature_key].astype(str).to_numpy(),
+        positions=positions,
+        prior_index=prior_index,
+        shape_features=shape_features(polygons),
+        shape_centroids=centroids,
+        feature_key=feature_key,
+    )
+
+
+def _read_points(sdata: SpatialData, points_key: str) -> tuple[pd.DataFrame, str]:
+    if points_key not in sdata.points:
+        msg = (
+            f"Points element {points_key!r} not found; the SpatialData object has points "
+            f"{list(sdata.points)}. Pass the transcripts' element name as `points_key`."
+        )
+        raise KeyError(msg)
+
+    element = sdata.points[points_key]
+    feature_key = element.attrs.get("spatialdata_attrs", {}).get("feature_key") or C.FEATURE_NAME
+    points = element.compute()
+    if len(points) == 0:
+        msg = f"Points element {points_key!r} is empty; segmentation needs transcripts."
+        raise ValueError(msg)
+
+    missing = [column for column in (C.X, C.Y, feature_key) if column not in points.columns]
+    if missing:
+        msg = (
+            f"Points element {points_key!r} is missing the column(s) {missing}; it has "
+            f"{list(points.columns)}. Read vendor data with `sg.io` or parse the points with "
+            "`PointsModel.parse(..., feature_key=...)`."
+        )
+        raise ValueError(msg)
+
+    for column in (C.X, C.Y, C.Z):
+        if column in points.columns:
+            values = points[column].to_numpy(dtype=np.float64, na_value=np.nan)
+            n_bad = int((~np.isfinite(values)).sum())
+            if n_bad:
+                msg = (
+                    f"{n_bad} of {len(points)} transcripts in {points_key!r} have a NaN or infinite "
+                    f"{column!r} coordinate. Drop those rows from the points element before segmenting."
+                )
+                raise ValueError(msg)
+    return points, feature_key
+
+
+def _read_shapes(sdata: SpatialData, shapes_key: str) -> gpd.GeoDataFrame:
+    if shapes_key not in sdata.shapes:
+        msg = (
+            f"Prior shapes {shapes_key!r} not found; the SpatialData object has shapes "
+            f"{list(sdata.shapes)}. Pass the nuclei (or vendor cells) as `shapes_key`."
+        )
+        raise KeyError(msg)
+
+    shapes = sdata.shapes[shapes_key]
+    if len(shapes) == 0:
+        msg = f"Prior shapes {shapes_key!r} are empty; segmentation needs at least one nucleus or cell."
+        raise ValueError(msg)
+
+    polygons = shapes.geometry.to_numpy()
+    polygonal = np.isin(shapely.get_type_id(polygons), (3, 6))
+    if not polygonal.all():
+        msg = (
+            f"Prior shapes {shapes_key!r} hold {int((~polygonal).sum())} non-polygon geometries "
+            "(for example circles stored as points). Pass polygons, such as nucleus boundaries."
+        )
+        raise ValueError(msg)
+
+    usable = shapely.is_valid(polygons) & (shapely.area(polygons) > 0)
+    if not usable.all():
+        logger.warning(
+            "Ignoring %d invalid or zero-area prior shape(s) of %r, for example %r.",
+            int((~usable).sum()),
+            shapes_key,
+            str(shapes.index[~usable][0]),
+        )
+    shapes = shapes.loc[usable]
+    shapes.index = shapes.index.astype(str)
+    return shapes
+
+
+def _check_coordinate_systems(sdata: SpatialData, points_key: str, shapes_key: str) -> None:
+    points_systems = get_transformation(sdata.points[points_key], get_all=True)
+    shapes_systems = get_transformation(sdata.shapes[shapes_key], get_all=True)
+    shared = [name for name in points_systems if name in shapes_systems]
+    if not shared:
+        msg = (
+            f"Points {points_key!r} (coordinate systems {list(points_systems)}) and shapes {shapes_key!r} "
+            f"(coordinate systems {list(shapes_systems)}) share no coordinate system. Transform them into "
+            "a common one, for example with `spatialdata.transform`."
+        )
+        raise ValueError(msg)
+
+    name = shared[0]
+    points_matrix = points_systems[name].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y"))
+    shapes_matrix = shapes_systems[name].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y"))
+    if not np.allclose(points_matrix, shapes_matrix):
+        msg = (
+            f"Points {points_key!r} and shapes {shapes_key!r} have different transformations to "
+            f"{name!r}, so their coordinates are not comparable. Bring both to the same intrinsic "
+            "coordinates first, for example with `spatialdata.transform`."
+        )
+        raise ValueError(msg)
+
+
+def _graph_mask(points: pd.DataFrame, feature_key: str, min_qv: float | None) -> np.ndarray:
+    mask = np.ones(len(points), dtype=bool)
+    if C.IS_CONTROL in points.columns:
+        mask &= ~points[C.IS_CONTROL].fillna(False).to_numpy(dtype=bool)
+    else:
+        mask &= ~points[feature_key].astype(str).str.startswith(C.CONTROL_PREFIXES).to_numpy()
+
+    if min_qv is not None:
+        if C.QV in points.columns:
+            mask &= points[C.QV].to_numpy(dtype=np.float64, na_value=np.nan) >= min_qv
+        else:
+            logger.info("Points have no %r column; the quality filter is skipped.", C.QV)
+    return mask
+
+
+def _prior_index(graph_points: pd.DataFrame, shapes: gpd.GeoDataFrame) -> np.ndarray:
+    """Return the position in ``shapes`` of the shape containing each transcript, -1 for none.
+
+    Uses the vendor's ``overlaps_nucleus`` flag with ``cell_id`` where both exist; otherwise
+    a point-in-polygon test through geopandas' spatial index.
+    """
+    if C.OVERLAPS_NUCLEUS in graph_points.columns and C.CELL_ID in graph_points.columns:
+        flagged = graph_points[C.OVERLAPS_NUCLEUS].fillna(False).to_numpy(dtype=bool)
+        cell_ids = graph_points[C.CELL_ID].astype("string").fillna("").to_numpy(dtype=str)
+        positions = shapes.index.get_indexer(cell_ids)
+        return np.where(flagged & (positions >= 0), positions, -1).astype(np.int64)
+
+    logger.info(
+        "Points lack %r or %r; finding transcripts inside prior shapes by point-in-polygon.",
+        C.OVERLAPS_NUCLEUS,
+        C.CELL_ID,
+    )
+    points = gpd.GeoDataFrame(
+        geometry=gpd.points_from_xy(graph_points[C.X].to_numpy(), graph_points[C.Y].to_numpy())
+    )
+    shapes_frame = gpd.GeoDataFrame(geometry=shapes.geometry.to_numpy())
+    point_rows, shape_rows = shapes_frame.sindex.query(points.geometry, predicate="within")
+    prior = np.full(len(graph_points), -1, dtype=np.int64)
+    # A transcript inside overlapping shapes keeps the first shape in index order.
+    order = np.lexsort((shape_rows, point_rows))[::-1]
+    prior[point_rows[order]] = shape_rows[order]
+    return prior

@@ -1,0 +1,571 @@
+"""``segger_fit`` and ``segger_predict``: segment cells with the Segger network."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import shapely
+import torch
+from spatialdata import SpatialData
+from tqdm.auto import tqdm
+
+from .. import _constants as C
+from ..graph import (
+    GraphInputs,
+    GraphSettings,
+    TileGrid,
+    build_tile_graph,
+    fit_feature_scaling,
+    scale_features,
+)
+from ..models import Segger, TrainingSettings, fragment_cells, predict_tile, train
+from ._prepare import PreparedData, prepare
+from ._writeback import check_outputs_free, write_segmentation
+
+logger = logging.getLogger(__name__)
+
+FRAGMENT_PREFIX = "segger-"
+
+
+def segger_fit(
+    sdata: SpatialData,
+    *,
+    points_key: str = C.POINTS_KEY,
+    shapes_key: str = C.NUCLEUS_SHAPES_KEY,
+    key_added: str = C.KEY_ADDED,
+    min_qv: float | None = C.DEFAULT_MIN_QV,
+    k_tx: int = 5,
+    dist_tx: float = 5.0,
+    k_bd: int = 4,
+    dist_bd: float | None = None,
+    score_cut: float = 0.5,
+    min_transcripts: int = 5,
+    fragment_similarity: float = 0.5,
+    tile_size: float = 120.0,
+    gene_embedding: pd.DataFrame | None = None,
+    embedding_dim: int = 16,
+    hidden_channels: int = 32,
+    out_channels: int = 16,
+    heads: int = 2,
+    num_layers: int = 2,
+    max_epochs: int = 60,
+    max_steps: int = 400,
+    learning_rate: float = 3e-3,
+    max_train_tiles: int = 64,
+    device: Literal["auto", "cpu", "cuda"] | str = "auto",
+    devices: int | str = 1,
+    random_state: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Segger:
+    """Train a Segger network on a slide and segment its cells.
+
+    Transcripts that the instrument places inside a prior shape (``overlaps_nucleus``) are the
+    positive labels; nearby other shapes are the negatives. After training, every transcript
+    joins the best-scoring of its candidate shapes when the score reaches ``score_cut``, and
+    leftover transcripts that are close and similar form new cells.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData with transcripts and prior shapes, for example from :func:`segger.io.xenium`.
+    points_key
+        Points element with the transcripts.
+    shapes_key
+        Shapes element with the prior shapes: nuclei, or vendor cells where no nuclei exist.
+    key_added
+        Prefix of the elements and columns written.
+    min_qv
+        Transcripts with a lower quality value stay out of the graph and unassigned; ``None``
+        keeps all. Skipped when the points have no ``qv`` column.
+    k_tx, dist_tx
+        Each transcript receives messages from its ``k_tx`` nearest transcripts within ``dist_tx`` µm.
+    k_bd, dist_bd
+        A transcript's candidate cells are its ``k_bd`` nearest prior shapes (by centroid) within
+        ``dist_bd`` µm. ``None`` derives ``dist_bd`` from the data: the typical spacing of prior
+        shapes, at least the median shape radius plus 1 µm.
+    score_cut
+        Minimum score (sigmoid of the link logit) for a transcript to join a prior shape.
+    min_transcripts
+        Minimum size of a cell formed from transcripts without a prior shape.
+    fragment_similarity
+        Minimum cosine similarity of two neighbouring leftover transcripts' embeddings for them
+        to join the same new cell.
+    tile_size
+        Width of the square tiles, µm. Results do not depend on it; memory grows with it.
+    gene_embedding
+        Optional genes × d table (index: gene names) used as fixed transcript features instead
+        of a learned embedding, for example from :func:`segger.pp.gene_embedding_from_reference`.
+    embedding_dim, hidden_channels, out_channels, heads, num_layers
+        Network size (see :class:`segger.models.Segger`).
+    max_epochs, max_steps, learning_rate
+        Training length and AdamW learning rate. Training stops earlier when the validation loss
+        stops improving.
+    max_train_tiles
+        Most tiles to train on; larger slides train on a seeded random sample of the tiles that
+        contain labelled transcripts, so that training cost stops growing with the slide.
+    device
+        ``"auto"`` uses CUDA when available.
+    devices
+        Number of devices for training, passed to Lightning.
+    random_state
+        Seed for numpy and torch.
+    overwrite
+        Whether to replace an existing segmentation with the same ``key_added``.
+    progress
+        Whether to show progress bars.
+
+    Returns
+    -------
+    The trained :class:`segger.models.Segger`, with ``history`` and the settings used.
+    Writes into ``sdata``:
+
+    - points ``points_key``: columns ``{key_added}_cell_id`` and ``{key_added}_score``;
+    - shapes ``{key_added}_boundaries``: one polygon per cell;
+    - table ``{key_added}_table``: cells × genes counts with ``obs`` ``cell_id``, ``region``,
+      ``n_transcripts``, ``area``, ``prior_id`` and ``obsm["spatial"]``.
+    """
+    start = time.perf_counter()
+    check_outputs_free(sdata, key_added=key_added, points_key=points_key, overwrite=overwrite)
+    _seed(random_state)
+    prepared = prepare(
+        sdata, points_key=points_key, shapes_key=shapes_key, min_qv=min_qv, require_labels=True
+    )
+    logger.info(
+        "Fitting segger on %d transcripts and %d prior shapes.", len(prepared.points), len(prepared.shapes)
+    )
+
+    settings = _graph_settings(
+        prepared, k_tx=k_tx, dist_tx=dist_tx, k_bd=k_bd, dist_bd=dist_bd, num_layers=num_layers
+    )
+    vocabulary, table = _vocabulary(prepared.genes, gene_embedding)
+    model = Segger(
+        vocabulary,
+        gene_embedding=table,
+        embedding_dim=embedding_dim,
+        hidden_channels=hidden_channels,
+        out_channels=out_channels,
+        heads=heads,
+        num_layers=num_layers,
+    )
+    mean, std = fit_feature_scaling(prepared.shape_features)
+    model.settings = {
+        "graph": settings.to_dict(),
+        "shape_scaling": {"mean": mean.tolist(), "std": std.tolist()},
+        "min_qv": min_qv,
+        "score_cut": score_cut,
+        "min_transcripts": min_transcripts,
+        "fragment_similarity": fragment_similarity,
+        "tile_size": tile_size,
+    }
+
+    inputs = prepared.graph_inputs(
+        model.tokenize(prepared.genes), scale_features(prepared.shape_features, mean, std)
+    )
+    grid = TileGrid.from_positions(inputs.positions[:, :2], tile_size=tile_size, margin=settings.margin)
+    tiles = _training_tiles(inputs, grid, settings, max_tiles=max_train_tiles, random_state=random_state)
+
+    training = TrainingSettings(max_epochs=max_epochs, max_steps=max_steps, learning_rate=learning_rate)
+    phase = time.perf_counter()
+    accelerator = "gpu" if _torch_device(device).type == "cuda" else "cpu"
+    model.history = train(
+        model,
+        tiles,
+        training,
+        accelerator=accelerator,
+        devices=devices,
+        random_state=random_state,
+        progress_bar=progress,
+    )
+    logger.info("Trained for %d epoch(s) in %.1f s.", len(model.history), time.perf_counter() - phase)
+
+    _segment(
+        sdata,
+        model,
+        prepared,
+        inputs,
+        settings,
+        points_key=points_key,
+        key_added=key_added,
+        score_cut=score_cut,
+        min_transcripts=min_transcripts,
+        fragment_similarity=fragment_similarity,
+        tile_size=tile_size,
+        device=device,
+        overwrite=overwrite,
+        progress=progress,
+        params=_params(locals_=locals(), settings=settings),
+    )
+    logger.info("segger_fit finished in %.1f s.", time.perf_counter() - start)
+    return model
+
+
+def segger_predict(
+    sdata: SpatialData,
+    model: Segger,
+    *,
+    points_key: str = C.POINTS_KEY,
+    shapes_key: str = C.NUCLEUS_SHAPES_KEY,
+    key_added: str = C.KEY_ADDED,
+    score_cut: float | None = None,
+    min_transcripts: int | None = None,
+    fragment_similarity: float | None = None,
+    tile_size: float | None = None,
+    device: Literal["auto", "cpu", "cuda"] | str = "auto",
+    random_state: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> None:
+    """Segment a slide with a trained model, writing the same outputs as :func:`segger_fit`.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData with transcripts and prior shapes.
+    model
+        A model from :func:`segger_fit` or :meth:`segger.models.Segger.load`. Its graph settings
+        and quality filter are reused; genes it has never seen get the unknown-gene token, with a
+        warning.
+    points_key, shapes_key, key_added
+        As in :func:`segger_fit`.
+    score_cut, min_transcripts, fragment_similarity, tile_size
+        ``None`` uses the values the model was trained with.
+    device
+        ``"auto"`` uses CUDA when available.
+    random_state
+        Seed for numpy and torch.
+    overwrite
+        Whether to replace an existing segmentation with the same ``key_added``.
+    progress
+        Whether to show a progress bar over tiles.
+
+    Returns
+    -------
+    None. Writes the same elements and columns into ``sdata`` as :func:`segger_fit`.
+    """
+    start = time.perf_counter()
+    check_outputs_free(sdata, key_added=key_added, points_key=points_key, overwrite=overwrite)
+    _seed(random_state)
+    stored = model.settings
+    if not stored:
+        msg = "The model has no stored settings; train it with `sg.tl.segger_fit` or load it with `Segger.load`."
+        raise ValueError(msg)
+
+    prepared = prepare(
+        sdata, points_key=points_key, shapes_key=shapes_key, min_qv=stored["min_qv"], require_labels=False
+    )
+    settings = GraphSettings(**stored["graph"])
+    settings.max_shape_radius = max(settings.max_shape_radius, _max_shape_radius(prepared))
+    tokens = model.tokenize(prepared.genes)
+    _warn_unknown_genes(prepared.genes, tokens)
+
+    scaling = stored["shape_scaling"]
+    scaled = scale_features(
+        prepared.shape_features,
+        np.asarray(scaling["mean"], np.float32),
+        np.asarray(scaling["std"], np.float32),
+    )
+    inputs = prepared.graph_inputs(tokens, scaled)
+    options = {
+        "score_cut": stored["score_cut"] if score_cut is None else score_cut,
+        "min_transcripts": stored["min_transcripts"] if min_transcripts is None else min_transcripts,
+        "fragment_similarity": stored["fragment_similarity"]
+        if fragment_similarity is None
+        else fragment_similarity,
+        "tile_size": stored["tile_size"] if tile_size is None else tile_size,
+    }
+    params = {"points_key": points_key, "shapes_key": shapes_key, "key_added": key_added, **options}
+    params.update({"graph": settings.to_dict(), "min_qv": stored["min_qv"], "random_state": random_state})
+
+    _segment(
+        sdata,
+        model,
+        prepared,
+        inputs,
+        settings,
+        points_key=points_key,
+        key_added=key_added,
+        device=device,
+        overwrite=overwrite,
+        progress=progress,
+        params=params,
+        **options,
+    )
+    logger.info("segger_predict finished in %.1f s.", time.perf_counter() - start)
+
+
+def _segment(
+    sdata: SpatialData,
+    model: Segger,
+    prepared: PreparedData,
+    inputs: GraphInputs,
+    settings: GraphSettings,
+    *,
+    points_key: str,
+    key_added: str,
+    score_cut: float,
+    min_transcripts: int,
+    fragment_similarity: float,
+    tile_size: float,
+    device: str,
+    overwrite: bool,
+    progress: bool,
+    params: dict[str, Any],
+) -> None:
+    """Predict every tile, form cells from leftover transcripts, and write the result back."""
+    phase = time.perf_counter()
+    best_shape, best_score, embeddings = _predict_tiles(
+        model, inputs, settings, tile_size=tile_size, device=_torch_device(device), progress=progress
+    )
+    logger.info("Scored %d transcripts in %.1f s.", inputs.n_transcripts, time.perf_counter() - phase)
+
+    phase = time.perf_counter()
+    assigned = (best_shape >= 0) & (best_score >= score_cut)
+    transcript_ids = _transcript_ids(prepared.points)[prepared.in_graph]
+    fragments = fragment_cells(
+        inputs.positions[~assigned],
+        embeddings[~assigned],
+        transcript_ids[~assigned],
+        k=settings.k_tx,
+        max_distance=settings.dist_tx,
+        min_similarity=fragment_similarity,
+        min_transcripts=min_transcripts,
+    )
+    logger.info(
+        "Formed %d cells without a prior shape in %.1f s.",
+        int(fragments.max(initial=-1)) + 1,
+        time.perf_counter() - phase,
+    )
+
+    cell_ids, scores = _cell_ids(prepared, best_shape, best_score, assigned, fragments)
+    grown = pd.unique(cell_ids[~cell_ids.isna() & ~cell_ids.str.startswith(FRAGMENT_PREFIX, na=False)])
+    prior_ids = pd.Series(grown, index=grown, dtype="string")
+    write_segmentation(
+        sdata,
+        cell_ids,
+        key_added=key_added,
+        points_key=points_key,
+        scores=scores,
+        prior_ids=prior_ids,
+        prior_shapes=prepared.shapes,
+        params=params,
+        overwrite=overwrite,
+    )
+    n_assigned = int((~cell_ids.isna()).sum())
+    logger.info(
+        "Assigned %d of %d graph transcripts to %d cells; added %r, %r, %r and %r.",
+        n_assigned,
+        inputs.n_transcripts,
+        cell_ids.nunique(),
+        C.cell_id_column(key_added),
+        C.score_column(key_added),
+        C.boundaries_key(key_added),
+        C.table_key(key_added),
+    )
+
+
+def _predict_tiles(
+    model: Segger,
+    inputs: GraphInputs,
+    settings: GraphSettings,
+    *,
+    tile_size: float,
+    device: torch.device,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = inputs.n_transcripts
+    best_shape = np.full(n, -1, dtype=np.int64)
+    best_score = np.full(n, np.nan, dtype=np.float32)
+    embeddings = np.zeros((n, model.embedding_size), dtype=np.float32)
+    predicted = np.zeros(n, dtype=bool)
+
+    model.to(device)
+    grid = TileGrid.from_positions(inputs.positions[:, :2], tile_size=tile_size, margin=settings.margin)
+    tiles = grid.tiles(inputs.positions[:, :2], inputs.shape_centroids)
+    for tile in tqdm(tiles, total=grid.n_tiles, desc="Predicting tiles", disable=not progress, leave=False):
+        data = build_tile_graph(inputs, tile, settings)
+        result = predict_tile(model, data, k_bd=settings.k_bd, device=device)
+        best_shape[result.transcripts] = result.best_shape
+        best_score[result.transcripts] = result.best_score
+        embeddings[result.transcripts] = result.embeddings
+        predicted[result.transcripts] = True
+    model.cpu()
+
+    if not predicted.all():
+        msg = (
+            f"{int((~predicted).sum())} transcripts were not predicted by any tile; this is a bug in tiling."
+        )
+        raise RuntimeError(msg)
+    return best_shape, best_score, embeddings
+
+
+def _cell_ids(
+    prepared: PreparedData,
+    best_shape: np.ndarray,
+    best_score: np.ndarray,
+    assigned: np.ndarray,
+    fragments: np.ndarray,
+) -> tuple[pd.Series, np.ndarray]:
+    graph_ids = np.full(len(best_shape), None, dtype=object)
+    shape_ids = prepared.shapes.index.to_numpy(dtype=object)
+    graph_ids[assigned] = shape_ids[best_shape[assigned]]
+
+    leftover = np.flatnonzero(~assigned)
+    in_fragment = fragments >= 0
+    graph_ids[leftover[in_fragment]] = np.char.add(FRAGMENT_PREFIX, (fragments[in_fragment] + 1).astype(str))
+
+    graph_scores = best_score.copy()
+    graph_scores[leftover[in_fragment]] = np.nan
+
+    cell_ids = pd.Series(pd.NA, index=prepared.points.index, dtype="string")
+    cell_ids[prepared.in_graph] = pd.array(graph_ids, dtype="string")
+    scores = np.full(len(prepared.points), np.nan, dtype=np.float32)
+    scores[prepared.in_graph] = graph_scores
+    return cell_ids, scores
+
+
+def _training_tiles(
+    inputs: GraphInputs, grid: TileGrid, settings: GraphSettings, *, max_tiles: int, random_state: int
+) -> list:
+    labelled = inputs.prior_index >= 0
+    core_tile = grid.core_tile(inputs.positions[:, :2])
+    counts = np.bincount(core_tile[labelled], minlength=grid.n_tiles)
+    candidates = np.flatnonzero(counts > 0)
+    if len(candidates) > max_tiles:
+        rng = np.random.default_rng(random_state)
+        chosen = set(np.sort(rng.choice(candidates, size=max_tiles, replace=False)).tolist())
+        logger.info(
+            "Training on a random sample of %d of the %d tiles with labels.", max_tiles, len(candidates)
+        )
+    else:
+        chosen = set(candidates.tolist())
+
+    tiles = grid.tiles(inputs.positions[:, :2], inputs.shape_centroids)
+    return [build_tile_graph(inputs, tile, settings) for tile in tiles if tile.index in chosen]
+
+
+def _graph_settings(
+    prepared: PreparedData, *, k_tx: int, dist_tx: float, k_bd: int, dist_bd: float | None, num_layers: int
+) -> GraphSettings:
+    radius = np.sqrt(shapely.area(prepared.shapes.geometry.to_numpy()) / np.pi)
+    if dist_bd is None:
+        spacing = _shape_spacing(prepared)
+        dist_bd = float(max(np.median(radius) + 1.0, spacing))
+        logger.info(
+            "Derived dist_bd = %.1f µm from the prior-shape spacing (%.1f µm) and median radius (%.1f µm).",
+            dist_bd,
+            spacing,
+            float(np.median(radius)),
+        )
+    settings = GraphSettings(
+        k_tx=k_tx,
+        dist_tx=dist_tx,
+        k_bd=k_bd,
+        dist_bd=dist_bd,
+        num_layers=num_layers,
+        max_shape_radius=_max_shape_radius(prepared),
+    )
+    logger.info(
+        "Graph: k_tx=%d, dist_tx=%.1f µm, k_bd=%d, dist_bd=%.1f µm, tile margin %.1f µm.",
+        k_tx,
+        dist_tx,
+        k_bd,
+        dist_bd,
+        settings.margin,
+    )
+    return settings
+
+
+def _shape_spacing(prepared: PreparedData, bin_size: float = 10.0) -> float:
+    """Return the typical distance between prior shapes: sqrt of tissue area per shape.
+
+    The tissue area is the area of the ``bin_size`` µm squares that contain transcripts, so
+    empty regions of the slide do not count.
+    """
+    bins = np.floor(prepared.positions[:, :2] / bin_size).astype(np.int64)
+    occupied = len(np.unique(bins, axis=0))
+    return float(np.sqrt(occupied * bin_size**2 / len(prepared.shapes)))
+
+
+def _max_shape_radius(prepared: PreparedData) -> float:
+    return float(shapely.minimum_bounding_radius(prepared.shapes.geometry.to_numpy()).max() * 2)
+
+
+def _vocabulary(
+    genes: np.ndarray, gene_embedding: pd.DataFrame | None
+) -> tuple[list[str], np.ndarray | None]:
+    if gene_embedding is None:
+        return sorted(pd.unique(genes).tolist()), None
+
+    table = gene_embedding.copy()
+    table.index = table.index.astype(str)
+    missing = sorted(set(genes) - set(table.index))
+    if missing:
+        logger.warning(
+            "%d gene(s) of the points are not in gene_embedding and get the unknown-gene token, for example %s.",
+            len(missing),
+            missing[:5],
+        )
+    values = table.to_numpy(dtype=np.float32)
+    if not np.isfinite(values).all():
+        msg = "gene_embedding contains NaN or infinite values; fill or drop them before fitting."
+        raise ValueError(msg)
+    return table.index.tolist(), values
+
+
+def _warn_unknown_genes(genes: np.ndarray, tokens: np.ndarray) -> None:
+    unknown = tokens == 0
+    if unknown.any():
+        examples = sorted(pd.unique(genes[unknown]).tolist())
+        logger.warning(
+            "%d transcripts of %d gene(s) the model has never seen get the unknown-gene token, for example %s.",
+            int(unknown.sum()),
+            len(examples),
+            examples[:5],
+        )
+
+
+def _transcript_ids(points: pd.DataFrame) -> np.ndarray:
+    if C.TRANSCRIPT_ID in points.columns:
+        return points[C.TRANSCRIPT_ID].to_numpy(dtype=np.int64)
+    return np.arange(len(points), dtype=np.int64)
+
+
+def _torch_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _seed(random_state: int) -> None:
+    np.random.seed(random_state)  # noqa: NPY002 (seeds libraries that draw from numpy's global generator)
+    torch.manual_seed(random_state)
+
+
+def _params(*, locals_: dict[str, Any], settings: GraphSettings) -> dict[str, Any]:
+    skip = {
+        "sdata",
+        "gene_embedding",
+        "start",
+        "prepared",
+        "model",
+        "inputs",
+        "grid",
+        "tiles",
+        "training",
+        "phase",
+        "mean",
+        "std",
+        "table",
+        "vocabulary",
+        "settings",
+        "accelerator",
+    }
+    params = {name: value for name, value in locals_.items() if name not in skip}
+    params["graph"] = settings.to_dict()
+    params["gene_embedding"] = "fixed" if locals_.get("gene_embedding") is not None else "learned"
+    return params

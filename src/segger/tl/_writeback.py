@@ -1,0 +1,532 @@
+"""Write a finished segmentation into SpatialData: points columns, cell polygons and a count table.
+
+Every segmentation method (segger's GNN and the baselines) ends with :func:`write_segmentation`, so all
+of them store their result in the same layout and are measured the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anndata as ad
+import dask.dataframe as dd
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import shapely
+from spatialdata.models import PointsModel, ShapesModel, TableModel
+from spatialdata.transformations import get_transformation
+
+from .. import _constants as C
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HULL_RATIO = 0.5
+"""Default ``ratio`` of :func:`shapely.concave_hull`: 0 is the most concave outline, 1 the convex hull."""
+
+DEFAULT_POINT_RADIUS = 1.0
+"""Default radius in µm of the buffer drawn around cells whose transcripts span no area."""
+
+_POLYGON_TYPE_ID = 3  # shapely.get_type_id of a Polygon
+
+
+@dataclass(frozen=True)
+class _OutputNames:
+    """Names of the two points columns and two elements that one segmentation writes."""
+
+    cell_id_column: str
+    score_column: str
+    boundaries_key: str
+    table_key: str
+
+    @classmethod
+    def from_key(cls, key_added: str) -> _OutputNames:
+        return cls(
+            cell_id_column=C.cell_id_column(key_added),
+            score_column=C.score_column(key_added),
+            boundaries_key=C.boundaries_key(key_added),
+            table_key=C.table_key(key_added),
+        )
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """Sorted cell ids and, for every transcript, the position of its cell in them (-1 when unassigned)."""
+
+    ids: np.ndarray
+    codes: np.ndarray
+
+
+def points_frame(sdata: SpatialData, points_key: str = C.POINTS_KEY) -> pd.DataFrame:
+    """Compute the points element ``points_key`` into one pandas DataFrame.
+
+    The rows keep the order and index of the dask DataFrame, which is the order that
+    :func:`write_segmentation` expects its ``cell_ids`` and ``scores`` in.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData object containing the transcripts.
+    points_key
+        Name of the points element.
+
+    Returns
+    -------
+    The transcripts, one row each.
+    """
+    return _get_points(sdata, points_key).compute()
+
+
+def check_outputs_free(sdata: SpatialData, *, key_added: str, points_key: str, overwrite: bool) -> None:
+    """Raise ValueError when the outputs of ``key_added`` are invalid names or exist and ``overwrite`` is False.
+
+    Segmentation methods call this before their expensive steps, so that a name clash fails fast.
+    """
+    names = _OutputNames.from_key(key_added)
+    points = _get_points(sdata, points_key)
+    _check_output_names(sdata, names, key_added=key_added)
+    if not overwrite:
+        _check_outputs_absent(sdata, points, names, key_added=key_added)
+
+
+def write_segmentation(
+    sdata: SpatialData,
+    cell_ids: pd.Series,
+    *,
+    key_added: str = C.KEY_ADDED,
+    points_key: str = C.POINTS_KEY,
+    scores: np.ndarray | None = None,
+    prior_ids: pd.Series | None = None,
+    prior_shapes: gpd.GeoDataFrame | None = None,
+    params: dict[str, Any] | None = None,
+    hull_ratio: float = DEFAULT_HULL_RATIO,
+    point_radius: float = DEFAULT_POINT_RADIUS,
+    overwrite: bool = False,
+) -> None:
+    """Store a transcript-to-cell assignment in ``sdata`` with cell polygons and a count table.
+
+    Everything is computed and validated before ``sdata`` is changed, so an exception leaves it as it
+    was.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData object containing the transcripts; changed in place.
+    cell_ids
+        Cell id of every transcript, ``pd.NA`` where unassigned, with the index and row order of
+        ``sdata.points[points_key].compute()`` (see :func:`points_frame`). Values are stored as strings.
+    key_added
+        Prefix of the columns and elements written.
+    points_key
+        Name of the points element; its ``feature_key`` column gives the genes.
+    scores
+        Assignment score of every transcript in [0, 1], NaN where none exists, in the same order as
+        ``cell_ids``. None stores NaN for every transcript.
+    prior_ids
+        Id of the prior shape (e.g. nucleus) each cell grew from, indexed by cell id. Cells missing from
+        the index or with ``pd.NA`` have none. Entries for ids that are not cells are ignored.
+    prior_shapes
+        Prior polygons indexed by prior id, in the coordinates of the points. Each cell's polygon is
+        joined with the prior shape named by ``prior_ids``; unused without ``prior_ids``.
+    params
+        Parameters of the method, stored in the table's ``uns[key_added]["params"]`` together with the
+        package version under ``"version"``, which replaces any ``"version"`` entry given.
+    hull_ratio
+        ``ratio`` of :func:`shapely.concave_hull` for the cell outlines, from 0 (most concave) to 1
+        (convex hull).
+    point_radius
+        Radius in µm of the buffer drawn around cells whose transcripts span no area (one or two
+        transcripts, or all on one line).
+    overwrite
+        Replace the outputs of an earlier segmentation with the same ``key_added``.
+
+    Returns
+    -------
+    None. Writes, for ``key_added="segger"``:
+
+    ``sdata.points[points_key]["segger_cell_id"]``
+        Cell id as a string, ``pd.NA`` where unassigned.
+    ``sdata.points[points_key]["segger_score"]``
+        float32 assignment score, NaN where none exists.
+    ``sdata.shapes["segger_boundaries"]``
+        One polygon per cell, indexed by cell id, with the points' transformations.
+    ``sdata.tables["segger_table"]``
+        Cells × genes AnnData. ``X`` is a CSR matrix of integer counts of non-control transcripts.
+        ``obs`` has ``cell_id``, ``region``, ``n_transcripts`` (non-control transcripts), ``area``
+        (µm²) and ``prior_id`` (categorical, missing where the cell grew from no prior shape).
+        ``obsm["spatial"]`` contains the polygon centroids and ``uns["segger"]["params"]`` the
+        parameters. The table annotates ``segger_boundaries`` through ``region`` and ``cell_id``.
+
+    Raises
+    ------
+    ValueError
+        If an output already exists and ``overwrite`` is False, if ``cell_ids`` or ``scores`` do not match
+        the points, if no transcript is assigned, or if a prior id is missing from ``prior_shapes``.
+
+    Notes
+    -----
+    Each cell's outline is the concave hull of all its transcripts, controls included. A hull with zero
+    area is replaced by its buffer of ``point_radius``. The result is joined with the cell's prior shape
+    and made valid. Where this leaves more than one part (a prior shape apart from the transcripts), the
+    convex hull of all parts is kept, so the polygon still covers every transcript and the prior shape.
+    Holes are filled. Outlines are 2-D, from ``x`` and ``y`` only. Cells are sorted by id as plain
+    strings, so ``"segger-10"`` comes before ``"segger-2"``.
+    """
+    start = time.perf_counter()
+    names = _OutputNames.from_key(key_added)
+    points = _get_points(sdata, points_key)
+    _check_output_names(sdata, names, key_added=key_added)
+    if not overwrite:
+        _check_outputs_absent(sdata, points, names, key_added=key_added)
+    _check_hull_options(hull_ratio, point_radius)
+
+    frame = points.compute()
+    cell_ids = _check_cell_ids(cell_ids, frame, points_key=points_key)
+    scores = _check_scores(scores, len(frame))
+    cells = _index_cells(cell_ids)
+    logger.info(
+        "Writing segmentation %r: %d cells from %d of %d transcripts",
+        key_added,
+        len(cells.ids),
+        int((cells.codes >= 0).sum()),
+        len(frame),
+    )
+
+    transformations = get_transformation(points, get_all=True)
+    cell_prior_ids = _align_prior_ids(prior_ids, cells.ids)
+    priors = _prior_geometries(cell_prior_ids, prior_shapes, transformations)
+    polygons = _cell_polygons(frame, cells, priors, hull_ratio=hull_ratio, point_radius=point_radius)
+
+    feature_key = points.attrs[PointsModel.ATTRS_KEY][PointsModel.FEATURE_KEY]
+    counts, genes = _count_matrix(frame, cells, feature_key=feature_key)
+
+    new_points = _points_with_columns(
+        points, frame, {names.cell_id_column: cell_ids.array, names.score_column: scores}
+    )
+    shapes = ShapesModel.parse(
+        gpd.GeoDataFrame(geometry=polygons, index=pd.Index(cells.ids, dtype=object)),
+        transformations=copy.deepcopy(transformations),
+    )
+    table = _cell_table(
+        cells, counts, genes, polygons, cell_prior_ids, names=names, key_added=key_added, params=params
+    )
+
+    sdata.points[points_key] = new_points
+    sdata.shapes[names.boundaries_key] = shapes
+    sdata.tables[names.table_key] = table
+    logger.info(
+        "Finished segmentation %r in %.1f s: added points columns %r and %r, shapes %r, table %r",
+        key_added,
+        time.perf_counter() - start,
+        names.cell_id_column,
+        names.score_column,
+        names.boundaries_key,
+        names.table_key,
+    )
+
+
+def _get_points(sdata: SpatialData, points_key: str) -> dd.DataFrame:
+    if points_key not in sdata.points:
+        msg = (
+            f"Points element {points_key!r} not found; the SpatialData object has points "
+            f"{list(sdata.points)}. Pass the name of the transcripts as `points_key`."
+        )
+        raise ValueError(msg)
+    return sdata.points[points_key]
+
+
+def _check_output_names(sdata: SpatialData, names: _OutputNames, *, key_added: str) -> None:
+    """Raise ValueError when an output element name is invalid or differs only in case from another element.
+
+    These are the name rules that ``SpatialData`` applies when an element is added. Checking them first
+    keeps the final assignments from failing on a name after some outputs were already stored.
+    """
+    for name in (names.boundaries_key, names.table_key):
+        if not all(character.isalnum() or character in "_-." for character in name) or name.startswith("__"):
+            msg = (
+                f"Element name {name!r} made from key_added={key_added!r} is invalid: SpatialData element "
+                "names contain only letters, digits, '_', '-' and '.' and do not start with '__'. "
+                "Choose another `key_added`."
+            )
+            raise ValueError(msg)
+
+    existing = {name.lower(): (element_type, name) for element_type, name, _ in sdata.gen_elements()}
+    for element_type, name in (("shapes", names.boundaries_key), ("tables", names.table_key)):
+        found = existing.get(name.lower())
+        if found is not None and found != (element_type, name):
+            msg = (
+                f"Cannot add {element_type} element {name!r}: the {found[0]} element {found[1]!r} has the "
+                "same name up to case, which SpatialData does not allow. Choose another `key_added`."
+            )
+            raise ValueError(msg)
+
+
+def _check_outputs_absent(
+    sdata: SpatialData, points: dd.DataFrame, names: _OutputNames, *, key_added: str
+) -> None:
+    columns = (names.cell_id_column, names.score_column)
+    existing = [f"points column {column!r}" for column in columns if column in points.columns]
+    if names.boundaries_key in sdata.shapes:
+        existing.append(f"shapes element {names.boundaries_key!r}")
+    if names.table_key in sdata.tables:
+        existing.append(f"table element {names.table_key!r}")
+    if existing:
+        msg = (
+            f"The outputs of key_added={key_added!r} already exist: {', '.join(existing)}. Pass "
+            "`overwrite=True` to replace them or choose another `key_added`."
+        )
+        raise ValueError(msg)
+
+
+def _check_hull_options(hull_ratio: float, point_radius: float) -> None:
+    if not 0 <= hull_ratio <= 1:
+        msg = (
+            f"hull_ratio={hull_ratio!r} is outside [0, 1]. Pass a value from 0 (most concave outline) to 1 "
+            "(convex hull)."
+        )
+        raise ValueError(msg)
+    if not point_radius > 0:
+        msg = f"point_radius={point_radius!r} must be positive so that every cell polygon has an area."
+        raise ValueError(msg)
+
+
+def _check_cell_ids(cell_ids: pd.Series, frame: pd.DataFrame, *, points_key: str) -> pd.Series:
+    """Return ``cell_ids`` as a nullable string column after checking that it matches the points rows."""
+    if not isinstance(cell_ids, pd.Series):
+        msg = (
+            f"cell_ids must be a pandas Series, got {type(cell_ids).__name__}. Wrap the values as "
+            "`pd.Series(values, index=points.index, dtype='string')` with `points = points_frame(sdata)`."
+        )
+        raise TypeError(msg)
+    if len(cell_ids) != len(frame):
+        msg = (
+            f"cell_ids has {len(cell_ids)} entries but points {points_key!r} has {len(frame)} rows. "
+            "Pass one cell id (or pd.NA) per transcript."
+        )
+        raise ValueError(msg)
+    if not cell_ids.index.equals(frame.index):
+        msg = (
+            f"The index of cell_ids differs from the index of points {points_key!r}. Pass the ids in the "
+            "row order of `points_frame(sdata)` with its index, for example "
+            "`pd.Series(values, index=points.index)`."
+        )
+        raise ValueError(msg)
+    return cell_ids.astype("string")
+
+
+def _check_scores(scores: np.ndarray | None, n_points: int) -> np.ndarray:
+    """Return ``scores`` as float32 after checking its length and range; None becomes all NaN."""
+    if scores is None:
+        return np.full(n_points, np.nan, dtype=np.float32)
+
+    values = np.asarray(scores, dtype=np.float32)
+    if values.shape != (n_points,):
+        msg = (
+            f"scores has shape {values.shape} but the points have {n_points} rows. Pass one score per "
+            "transcript."
+        )
+        raise ValueError(msg)
+
+    present = values[~np.isnan(values)]
+    n_outside = int(((present < 0) | (present > 1)).sum())
+    if n_outside:
+        msg = (
+            f"{n_outside} scores lie outside [0, 1] (min {present.min()}, max {present.max()}). Pass "
+            "probabilities, with NaN where no score exists."
+        )
+        raise ValueError(msg)
+    return values
+
+
+def _index_cells(cell_ids: pd.Series) -> _Cells:
+    codes, ids = pd.factorize(cell_ids, sort=True, use_na_sentinel=True)
+    if len(ids) == 0:
+        msg = (
+            "No transcript is assigned to a cell, so there is no cell to write; every entry of cell_ids "
+            "is missing. Check the segmentation's input and parameters."
+        )
+        raise ValueError(msg)
+    return _Cells(ids=np.asarray(ids, dtype=object), codes=np.asarray(codes, dtype=np.int64))
+
+
+def _align_prior_ids(prior_ids: pd.Series | None, cell_ids: np.ndarray) -> pd.Series:
+    """Return the prior id of every cell in ``cell_ids`` order, ``pd.NA`` where it has none."""
+    if prior_ids is None:
+        return pd.Series(pd.NA, index=cell_ids, dtype="string")
+    if not prior_ids.index.is_unique:
+        duplicated = prior_ids.index[prior_ids.index.duplicated()].unique()[:5].tolist()
+        msg = f"prior_ids has repeated cell ids, for example {duplicated}. Pass one prior id per cell."
+        raise ValueError(msg)
+    aligned = prior_ids.astype("string")
+    aligned.index = aligned.index.astype(str)
+    return aligned.reindex(cell_ids)
+
+
+def _prior_geometries(
+    cell_prior_ids: pd.Series, prior_shapes: gpd.GeoDataFrame | None, transformations: dict[str, Any]
+) -> np.ndarray:
+    """Return the valid prior polygon of every cell, None where it has none."""
+    has_prior = cell_prior_ids.notna().to_numpy()
+    priors = np.full(len(cell_prior_ids), None, dtype=object)
+    if prior_shapes is None or not has_prior.any():
+        return priors
+
+    if ShapesModel.TRANSFORM_KEY in prior_shapes.attrs:
+        _check_same_coordinates(get_transformation(prior_shapes, get_all=True), transformations)
+
+    used_ids = cell_prior_ids[has_prior]
+    shape_index = prior_shapes.index.astype(str)
+    missing = ~used_ids.isin(shape_index).to_numpy()
+    if missing.any():
+        examples = used_ids[missing].unique()[:5].tolist()
+        msg = (
+            f"{int(missing.sum())} prior ids are missing from the index of prior_shapes, for example "
+            f"{examples}. Pass the prior shapes that the cells grew from, indexed by prior id."
+        )
+        raise ValueError(msg)
+
+    geometry = pd.Series(prior_shapes.geometry.to_numpy(), index=shape_index)
+    priors[has_prior] = shapely.make_valid(geometry.loc[used_ids.to_numpy()].to_numpy())
+    return priors
+
+
+def _check_same_coordinates(
+    shape_transformations: dict[str, Any], point_transformations: dict[str, Any]
+) -> None:
+    """Raise ValueError unless the shapes and points share a coordinate system and agree in every shared one."""
+    shared = shape_transformations.keys() & point_transformations.keys()
+    differing = sorted(name for name in shared if shape_transformations[name] != point_transformations[name])
+    if not shared:
+        msg = (
+            f"prior_shapes (coordinate systems {sorted(shape_transformations)}) and the points (coordinate "
+            f"systems {sorted(point_transformations)}) share no coordinate system, so their coordinates "
+            "cannot be joined. Pass prior shapes in the coordinates of the points."
+        )
+        raise ValueError(msg)
+    if differing:
+        msg = (
+            f"prior_shapes and the points have different transformations to the coordinate systems "
+            f"{differing}, so their coordinates cannot be joined. Pass prior shapes in the coordinates of "
+            "the points."
+        )
+        raise ValueError(msg)
+
+
+def _cell_polygons(
+    frame: pd.DataFrame,
+    cells: _Cells,
+    priors: np.ndarray,
+    *,
+    hull_ratio: float,
+    point_radius: float,
+) -> np.ndarray:
+    """Return one valid Polygon per cell: its transcripts' concave hull joined with its prior shape."""
+    assigned = cells.codes >= 0
+    codes = cells.codes[assigned]
+    order = np.argsort(codes, kind="stable")
+    coordinates = frame[[C.X, C.Y]].to_numpy(dtype=np.float64)[assigned][order]
+    multipoints = shapely.multipoints(coordinates, indices=codes[order])
+
+    outlines = shapely.concave_hull(multipoints, ratio=hull_ratio)
+    flat = shapely.area(outlines) <= 0
+    outlines[flat] = shapely.buffer(outlines[flat], point_radius)
+
+    # Where the outline already covers the prior shape the union would not change it, and the covers
+    # test is several times cheaper than the union.
+    to_join = ~shapely.is_missing(priors)
+    to_join[to_join] = ~shapely.covers(outlines[to_join], priors[to_join])
+    outlines[to_join] = shapely.union(outlines[to_join], priors[to_join])
+    outlines = shapely.make_valid(outlines)
+
+    several_parts = shapely.get_type_id(outlines) != _POLYGON_TYPE_ID
+    outlines[several_parts] = shapely.convex_hull(outlines[several_parts])
+    return shapely.polygons(shapely.get_exterior_ring(outlines))
+
+
+def _count_matrix(frame: pd.DataFrame, cells: _Cells, *, feature_key: str) -> tuple[sp.csr_matrix, pd.Index]:
+    """Count the non-control transcripts of every cell per gene.
+
+    A category of ``feature_key`` is a control when any of its transcripts has ``is_control`` set; all
+    other categories, used or not, are genes. Without an ``is_control`` column no transcript is a control.
+    """
+    features = frame[feature_key]
+    if not isinstance(features.dtype, pd.CategoricalDtype):
+        features = features.astype(str).astype("category")
+    feature_codes = features.cat.codes.to_numpy(dtype=np.int64)
+    if C.IS_CONTROL in frame.columns:
+        is_control = frame[C.IS_CONTROL].fillna(False).to_numpy(dtype=bool)
+    else:
+        is_control = np.zeros(len(frame), dtype=bool)
+
+    is_gene = np.ones(len(features.cat.categories), dtype=bool)
+    is_gene[np.unique(feature_codes[is_control & (feature_codes >= 0)])] = False
+    gene_codes = np.where(is_gene, np.cumsum(is_gene) - 1, -1)
+    genes = pd.Index(features.cat.categories[is_gene].astype(str), dtype=object)
+
+    row_gene = np.where(feature_codes >= 0, gene_codes[feature_codes], -1)
+    counted = (cells.codes >= 0) & (row_gene >= 0) & ~is_control
+    counts = sp.coo_matrix(
+        (np.ones(int(counted.sum()), dtype=np.int32), (cells.codes[counted], row_gene[counted])),
+        shape=(len(cells.ids), len(genes)),
+    ).tocsr()
+    counts.sum_duplicates()
+    return counts, genes
+
+
+def _points_with_columns(points: dd.DataFrame, frame: pd.DataFrame, columns: dict[str, Any]) -> dd.DataFrame:
+    """Return a copy of ``points`` with ``columns`` set, keeping its partitions count and attrs."""
+    extended = frame.assign(**columns)
+    # The computed frame carries the element's attrs, which parquet cannot store, so only the dask
+    # DataFrame keeps them.
+    extended.attrs = {}
+    parsed = dd.from_pandas(
+        extended,
+        npartitions=points.npartitions,
+        sort=bool(extended.index.is_monotonic_increasing),
+    )
+    parsed.attrs.update(copy.deepcopy(dict(points.attrs)))
+    PointsModel.validate(parsed)
+    return parsed
+
+
+def _cell_table(
+    cells: _Cells,
+    counts: sp.csr_matrix,
+    genes: pd.Index,
+    polygons: np.ndarray,
+    cell_prior_ids: pd.Series,
+    *,
+    names: _OutputNames,
+    key_added: str,
+    params: dict[str, Any] | None,
+) -> ad.AnnData:
+    # Imported here because `segger/__init__.py` imports `tl` before it sets `__version__`.
+    from segger import __version__
+
+    obs = pd.DataFrame(
+        {
+            C.CELL_ID: cells.ids,
+            "region": pd.Categorical(
+                [names.boundaries_key] * len(cells.ids), categories=[names.boundaries_key]
+            ),
+            "n_transcripts": np.asarray(counts.sum(axis=1)).ravel().astype(np.int64),
+            "area": shapely.area(polygons),
+            # Categorical, because anndata 0.12 writes nullable string columns only when
+            # `anndata.settings.allow_write_nullable_strings` is set.
+            "prior_id": pd.Categorical(cell_prior_ids.to_numpy(dtype=object, na_value=None)),
+        },
+        index=pd.Index(cells.ids, dtype=object),
+    )
+
+    table = ad.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=genes))
+    table.obsm["spatial"] = shapely.get_coordinates(shapely.centroid(polygons))
+    table.uns[key_added] = {"params": {**copy.deepcopy(params or {}), "version": __version__}}
+    return TableModel.parse(table, region=names.boundaries_key, region_key="region", instance_key=C.CELL_ID)
