@@ -133,7 +133,9 @@ def build_tile_graph(inputs: GraphInputs, tile: Tile, settings: GraphSettings) -
     data[TX].pos = torch.from_numpy(positions)
     data[TX].index = torch.from_numpy(transcripts.astype(np.int64))
     data[TX].core = torch.from_numpy(tile.core)
-    data[BD].x = torch.from_numpy(inputs.shape_features[shapes]).reshape(len(shapes), -1)
+    data[BD].x = torch.from_numpy(inputs.shape_features[shapes]).reshape(
+        len(shapes), inputs.shape_features.shape[1]
+    )
     data[BD].index = torch.from_numpy(shapes.astype(np.int64))
 
     data[TX_TX].edge_index = _transcript_edges(positions, settings)

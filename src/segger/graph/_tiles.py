@@ -51,7 +51,7 @@ class TileGrid:
     @classmethod
     def from_positions(cls, xy: np.ndarray, *, tile_size: float, margin: float) -> TileGrid:
         """Spread tiles of at most ``tile_size`` µm evenly over the bounding box of ``xy``."""
-        if tile_size <= 0:
+        if not tile_size > 0:
             msg = f"tile_size must be positive (µm), got {tile_size}."
             raise ValueError(msg)
         low = xy.min(axis=0)
@@ -101,9 +101,16 @@ class TileGrid:
         shape_order = np.argsort(shape_xy[:, 0], kind="stable")
         sorted_shape_x = shape_xy[shape_order, 0]
 
+        by_core = np.argsort(core_of, kind="stable")
+        core_starts = np.searchsorted(core_of[by_core], np.arange(self.n_tiles + 1))
+
         for index in range(self.n_tiles):
             x_min, y_min, x_max, y_max = self.bounds(index)
             transcripts = _inside(xy, order, sorted_x, (x_min, y_min, x_max, y_max), self.margin)
+            # Points on the slide's far edge are clipped into the last tile's core but can fall
+            # outside its half-open bounds, so the core members are joined in explicitly.
+            own_core = by_core[core_starts[index] : core_starts[index + 1]]
+            transcripts = np.union1d(transcripts, own_core)
             core = core_of[transcripts] == index
             if not core.any():
                 continue

@@ -1,6 +1,6 @@
 """The Segger network, its training and prediction; independent of SpatialData."""
 
-from ._prediction import TilePrediction, fragment_cells, predict_tile
+from ._prediction import TilePrediction, fragment_cells, predict_tile, select_candidates
 from ._segger import UNKNOWN_TOKEN, Segger
 from ._training import SeggerModule, TrainingSettings, train
 
@@ -12,5 +12,6 @@ __all__ = [
     "TrainingSettings",
     "fragment_cells",
     "predict_tile",
+    "select_candidates",
     "train",
 ]

@@ -54,6 +54,20 @@ def split_links(
 
     candidates = data[CANDIDATE].edge_index
     labels = data[CANDIDATE].edge_label
-    ranks = data[CANDIDATE].rank
-    keep = supervised[candidates[0]] & ((labels > 0) | (ranks < n_negatives + 1))
+    keep = supervised[candidates[0]] & ((labels > 0) | (_negative_rank(candidates[0], labels) < n_negatives))
     return edge_index_dict, candidates[:, keep], labels[keep]
+
+
+def _negative_rank(sources: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Number the non-owning candidates of each transcript 0, 1, … in their stored (nearest-first) order.
+
+    Candidates are stored sorted by transcript, then by rank. Owning candidates get the count of
+    negatives before them, which callers ignore.
+    """
+    negative = (labels == 0).long()
+    before = torch.cumsum(negative, 0) - negative
+    starts = torch.ones_like(sources, dtype=torch.bool)
+    starts[1:] = sources[1:] != sources[:-1]
+    positions = torch.arange(len(sources), device=sources.device)
+    group_start = torch.cummax(torch.where(starts, positions, torch.zeros_like(positions)), 0).values
+    return before - before[group_start]

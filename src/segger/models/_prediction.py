@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -20,24 +21,27 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TilePrediction:
-    """Scores of the core transcripts of one tile.
+    """Scored candidate links and embeddings of the core transcripts of one tile.
 
     Attributes
     ----------
     transcripts
         Global indices of the tile's core transcripts, shape ``(n,)``.
-    best_shape
-        Global index of the best-scoring candidate shape, -1 when there is no candidate.
-    best_score
-        Sigmoid of the best link logit, NaN when there is no candidate.
     embeddings
-        Final transcript embeddings, shape ``(n, d)``, float32.
+        Final embeddings of those transcripts, shape ``(n, d)``, float32.
+    sources
+        Global transcript index of each scored candidate link, shape ``(e,)``.
+    targets
+        Global prior-shape index of each scored candidate link, shape ``(e,)``.
+    scores
+        Sigmoid of each link's logit, shape ``(e,)``, float32.
     """
 
     transcripts: np.ndarray
-    best_shape: np.ndarray
-    best_score: np.ndarray
     embeddings: np.ndarray
+    sources: np.ndarray
+    targets: np.ndarray
+    scores: np.ndarray
 
 
 @torch.no_grad()
@@ -46,43 +50,101 @@ def predict_tile(
 ) -> TilePrediction:
     """Score the candidate shapes of a tile's core transcripts.
 
-    Every ``belongs`` edge carries messages, and only the ``k_bd`` nearest candidates (plus the
-    containing shape) are scored, never a dense transcripts × shapes matrix.
+    Every ``belongs`` edge carries messages. Only the ``k_bd`` nearest candidates and the
+    containing shape are scored, never a dense transcripts × shapes matrix.
     """
     model.eval()
     data = data.to(device)
     z = model(
-        {TX: data[TX].x, BD: data[BD].x}, {TX_TX: data[TX_TX].edge_index, TX_BD: data[TX_BD].edge_index}
+        {TX: data[TX].x, BD: data[BD].x},
+        {TX_TX: data[TX_TX].edge_index, TX_BD: data[TX_BD].edge_index},
     )
 
     candidates = data[CANDIDATE].edge_index
     keep = (data[CANDIDATE].rank < k_bd) | (data[CANDIDATE].edge_label > 0)
     candidates = candidates[:, keep]
-    scores = torch.sigmoid(model.decode(z[TX], z[BD], candidates)).cpu().numpy()
-    sources = candidates[0].cpu().numpy()
-    targets = candidates[1].cpu().numpy()
+    scores = torch.sigmoid(model.decode(z[TX], z[BD], candidates)).cpu().numpy().astype(np.float32)
 
-    core = data[TX].core.cpu().numpy()
-    n_local = len(core)
-    best_local = np.full(n_local, -1, dtype=np.int64)
-    best_score = np.full(n_local, np.nan, dtype=np.float32)
-    if len(scores):
-        # Sort by transcript, then by descending score; the first row of each transcript is its best.
-        order = np.lexsort((-scores, sources))
-        first = np.ones(len(order), dtype=bool)
-        first[1:] = sources[order][1:] != sources[order][:-1]
-        chosen = order[first]
-        best_local[sources[chosen]] = targets[chosen]
-        best_score[sources[chosen]] = scores[chosen]
-
+    transcript_index = data[TX].index.cpu().numpy()
     shape_index = data[BD].index.cpu().numpy()
-    best_shape = np.where(best_local >= 0, shape_index[np.maximum(best_local, 0)], -1)
+    core = data[TX].core.cpu().numpy()
     return TilePrediction(
-        transcripts=data[TX].index.cpu().numpy()[core],
-        best_shape=best_shape[core],
-        best_score=best_score[core],
+        transcripts=transcript_index[core],
         embeddings=z[TX].cpu().numpy()[core].astype(np.float32),
+        sources=transcript_index[candidates[0].cpu().numpy()],
+        targets=shape_index[candidates[1].cpu().numpy()],
+        scores=scores,
     )
+
+
+def select_candidates(
+    sources: np.ndarray,
+    targets: np.ndarray,
+    scores: np.ndarray,
+    distances: np.ndarray,
+    *,
+    n_transcripts: int,
+    score_cut: float,
+    rule: Literal["nearest", "score"],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Choose each transcript's cell among its scored candidate shapes.
+
+    Parameters
+    ----------
+    sources, targets, scores
+        Scored candidate links: transcript index, shape index and score, shape ``(e,)``.
+    distances
+        Distance from each link's transcript to its shape's boundary (0 inside), µm, shape ``(e,)``.
+    n_transcripts
+        Number of transcripts.
+    score_cut
+        Minimum score of an accepted candidate.
+    rule
+        ``"nearest"``: the accepted candidate with the smallest distance, ties going to the
+        higher score. ``"score"``: the highest-scoring candidate, if accepted.
+
+    Returns
+    -------
+    The chosen shape per transcript (-1 for none) and the score per transcript: the chosen
+    link's score, or the best score of a transcript left without a shape (NaN without candidates).
+    """
+    best_score = np.full(n_transcripts, np.nan, dtype=np.float32)
+    chosen = np.full(n_transcripts, -1, dtype=np.int64)
+    if len(sources) == 0:
+        return chosen, best_score
+
+    top = _first_per_source(sources, (-scores,))
+    best_score[sources[top]] = scores[top]
+
+    accepted = scores >= score_cut
+    if rule == "score":
+        keep = top[accepted[top]]
+    elif rule == "nearest":
+        candidates = np.flatnonzero(accepted)
+        keep = candidates[
+            _first_per_source(sources[candidates], (-scores[candidates], distances[candidates]))
+        ]
+    else:
+        msg = f"rule must be 'nearest' or 'score', got {rule!r}."
+        raise ValueError(msg)
+
+    chosen[sources[keep]] = targets[keep]
+    best_score[sources[keep]] = scores[keep]
+    return chosen, best_score
+
+
+def _first_per_source(sources: np.ndarray, keys: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Return the position of the first link of each source after sorting by ``keys``.
+
+    ``keys`` are ordered from least to most significant, as in :func:`numpy.lexsort`; the
+    source is the most significant key.
+    """
+    if len(sources) == 0:
+        return np.empty(0, dtype=np.int64)
+    order = np.lexsort((*keys, sources))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = sources[order][1:] != sources[order][:-1]
+    return order[first]
 
 
 def fragment_cells(

@@ -136,9 +136,8 @@ class _HistoryCallback(Callback):
     def __init__(self) -> None:
         self.rows: list[dict[str, float]] = []
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # Lightning runs validation before this hook, so both losses belong to the same epoch.
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         for name in ("train_loss", "val_loss", "val_accuracy"):
             value = trainer.callback_metrics.get(name)
@@ -232,7 +231,10 @@ def train(
         strategy=strategy,
         precision=precision,
         gradient_clip_val=settings.gradient_clip,
-        callbacks=[EarlyStopping(monitor="val_loss", patience=settings.patience, min_delta=1e-4), history],
+        callbacks=[
+            EarlyStopping(monitor="val_loss", patience=settings.patience, min_delta=1e-4, strict=False),
+            history,
+        ],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=progress_bar,
