@@ -162,7 +162,7 @@ def write_segmentation(
         Cells × genes AnnData. ``X`` is a CSR matrix of integer counts of non-control transcripts.
         ``obs`` has ``cell_id``, ``region``, ``n_transcripts`` (non-control transcripts), ``area``
         (µm²) and ``prior_id`` (categorical, missing where the cell grew from no prior shape).
-        ``obsm["spatial"]`` contains the polygon centroids and ``uns["segger"]["params"]`` the
+        ``obsm["spatial"]`` contains the polygon centroids and ``uns[key_added]["params"]`` the
         parameters. The table annotates ``segger_boundaries`` through ``region`` and ``cell_id``.
 
     Raises

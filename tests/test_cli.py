@@ -1,0 +1,431 @@
+from __future__ import annotations
+
+import hashlib
+import logging
+import signal
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+import spatialdata
+
+import segger as sg
+from segger.cli import main
+
+FAST = ["--max-epochs", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def toy_sdata():
+    try:
+        return sg.datasets.toy(n_cells=30, random_state=0)
+    except NotImplementedError:
+        pytest.skip("segger.datasets.toy is not implemented yet")
+
+
+@pytest.fixture
+def xenium_folder(tmp_path, toy_sdata) -> Path:
+    """Write the toy tissue as a bare Xenium folder: transcripts and nucleus vertices as parquet."""
+    folder = tmp_path / "xenium"
+    folder.mkdir()
+    points = toy_sdata.points["transcripts"].compute()
+    transcripts = pd.DataFrame(
+        {
+            "transcript_id": points["transcript_id"].to_numpy(dtype=np.uint64),
+            "cell_id": points["cell_id"].astype(object).fillna("UNASSIGNED").to_numpy(),
+            "overlaps_nucleus": points["overlaps_nucleus"].to_numpy(dtype=np.uint8),
+            "feature_name": points["feature_name"].astype(str).to_numpy(),
+            "x_location": points["x"].to_numpy(),
+            "y_location": points["y"].to_numpy(),
+            "z_location": points["z"].to_numpy(),
+            "qv": points["qv"].to_numpy(),
+        }
+    )
+    transcripts.to_parquet(folder / "transcripts.parquet")
+
+    nuclei = toy_sdata.shapes["nucleus_boundaries"]
+    rings = shapely.get_exterior_ring(nuclei.geometry.to_numpy())
+    coordinates, owner = shapely.get_coordinates(rings, return_index=True)
+    vertices = pd.DataFrame(
+        {
+            "cell_id": nuclei.index.to_numpy()[owner],
+            "vertex_x": coordinates[:, 0],
+            "vertex_y": coordinates[:, 1],
+        }
+    )
+    vertices.to_parquet(folder / "nucleus_boundaries.parquet")
+    return folder
+
+
+@pytest.fixture
+def zarr_input(tmp_path, toy_sdata) -> Path:
+    path = tmp_path / "input.zarr"
+    toy_sdata.write(path)
+    return path
+
+
+def folder_digest(path: Path) -> dict[str, str]:
+    """Return the SHA-256 of every file under ``path``, keyed by its relative path."""
+    return {
+        str(file.relative_to(path)): hashlib.sha256(file.read_bytes()).hexdigest()
+        for file in sorted(path.rglob("*"))
+        if file.is_file()
+    }
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Return the temporary and backup names that a run may leave in ``folder``."""
+    return sorted(entry.name for entry in folder.iterdir() if ".tmp-" in entry.name or ".old-" in entry.name)
+
+
+def check_segmentation(path: Path) -> spatialdata.SpatialData:
+    sdata = spatialdata.read_zarr(path)
+    assert "segger_table" in sdata.tables
+    assert "segger_boundaries" in sdata.shapes
+    assert "segger_cell_id" in sdata.points["transcripts"].columns
+    assert sdata.tables["segger_table"].n_obs > 0
+    return sdata
+
+
+def test_segment_xenium_folder(xenium_folder, tmp_path, capsys):
+    before = folder_digest(xenium_folder)
+    handlers = list(logging.getLogger("segger").handlers)
+    sigterm_handler = signal.getsignal(signal.SIGTERM)
+    output = tmp_path / "out.zarr"
+
+    status = main(["segment", str(xenium_folder), "-o", str(output), *FAST])
+
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert folder_digest(xenium_folder) == before
+    check_segmentation(output)
+    assert leftovers(tmp_path) == []
+    assert "Found " in captured.err
+    assert str(output) in captured.err
+    assert captured.out == ""
+    assert logging.getLogger("segger").handlers == handlers
+    assert signal.getsignal(signal.SIGTERM) == sigterm_handler
+
+
+def test_segment_zarr_keeps_input_elements(zarr_input, toy_sdata, tmp_path):
+    before = folder_digest(zarr_input)
+    output = tmp_path / "out.zarr"
+
+    status = main(["segment", str(zarr_input), "-o", str(output), *FAST, "-q"])
+
+    assert status == 0
+    assert folder_digest(zarr_input) == before
+    written = check_segmentation(output)
+    assert "nucleus_boundaries" in written.shapes
+    assert written["nucleus_boundaries"].index.equals(toy_sdata["nucleus_boundaries"].index)
+    input_columns = set(toy_sdata.points["transcripts"].columns)
+    assert input_columns <= set(written.points["transcripts"].columns)
+    points = written.points["transcripts"].compute()
+    expected = toy_sdata.points["transcripts"].compute()
+    np.testing.assert_array_equal(points["transcript_id"].to_numpy(), expected["transcript_id"].to_numpy())
+    assert "segger_cell_id" not in toy_sdata.points["transcripts"].columns
+
+
+def test_existing_output_rejected(zarr_input, tmp_path, capsys):
+    output = tmp_path / "out.zarr"
+    output.mkdir()
+    (output / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
+    before = folder_digest(output)
+
+    status = main(["segment", str(zarr_input), "-o", str(output), *FAST])
+
+    assert status == 2
+    assert "already exists" in capsys.readouterr().err
+    assert folder_digest(output) == before
+
+
+def test_overwrite_replaces_store(zarr_input, tmp_path):
+    output = tmp_path / "out.zarr"
+    output.mkdir()
+    (output / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
+    (output / "stale.txt").write_text("from an earlier run")
+
+    status = main(["segment", str(zarr_input), "-o", str(output), "--overwrite", *FAST, "-q"])
+
+    assert status == 0
+    assert not (output / "stale.txt").exists()
+    check_segmentation(output)
+    assert leftovers(tmp_path) == []
+
+
+def test_overwrite_keeps_non_zarr_folder(zarr_input, tmp_path, capsys):
+    output = tmp_path / "results"
+    output.mkdir()
+    (output / "notes.txt").write_text("not a zarr store")
+
+    status = main(["segment", str(zarr_input), "-o", str(output), "--overwrite", *FAST])
+
+    assert status == 2
+    assert "not a zarr store" in capsys.readouterr().err
+    assert (output / "notes.txt").read_text() == "not a zarr store"
+
+
+@pytest.mark.parametrize(
+    ("relative_output", "message"),
+    [
+        ("input.zarr", "is INPUT"),
+        ("input.zarr/inner.zarr", "lies inside INPUT"),
+        (".", "contains INPUT"),
+    ],
+)
+def test_output_touching_input_rejected(zarr_input, tmp_path, capsys, relative_output, message):
+    before = folder_digest(zarr_input)
+    output = tmp_path / relative_output
+
+    status = main(["segment", str(zarr_input), "-o", str(output), "--overwrite", *FAST])
+
+    assert status == 2
+    assert message in capsys.readouterr().err
+    assert folder_digest(zarr_input) == before
+
+
+def test_missing_input_reported(tmp_path, capsys):
+    missing = tmp_path / "no_such_folder"
+
+    status = main(["segment", str(missing), "-o", str(tmp_path / "out.zarr")])
+
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.startswith("segger: error: INPUT ")
+    assert "does not exist" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_unrecognised_input_message(tmp_path, capsys):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+
+    status = main(["segment", str(folder), "-o", str(tmp_path / "out.zarr")])
+
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "is neither a SpatialData zarr store" in err
+    assert "transcripts.parquet" in err
+
+
+def test_verbose_error_shows_traceback(tmp_path, capsys):
+    status = main(["segment", str(tmp_path / "missing"), "-o", str(tmp_path / "out.zarr"), "-v"])
+
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "Traceback" in err
+    assert "segger: error: INPUT " in err
+
+
+def test_failed_fit_writes_nothing(zarr_input, tmp_path, monkeypatch, capsys):
+    def fail(*args, **kwargs):
+        msg = "injected training failure"
+        raise ValueError(msg)
+
+    monkeypatch.setattr(sg.tl, "segger_fit", fail)
+    output = tmp_path / "out.zarr"
+
+    status = main(["segment", str(zarr_input), "-o", str(output), *FAST])
+
+    assert status == 1
+    assert "segger: error: injected training failure" in capsys.readouterr().err
+    assert not output.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_failed_write_removes_temp_store(zarr_input, tmp_path, monkeypatch, capsys):
+    original_write = spatialdata.SpatialData.write
+    written = []
+
+    def write_then_fail(self, file_path, *args, **kwargs):
+        original_write(self, file_path, *args, **kwargs)
+        written.append(Path(file_path))
+        msg = "injected write failure"
+        raise OSError(msg)
+
+    monkeypatch.setattr(spatialdata.SpatialData, "write", write_then_fail)
+    output = tmp_path / "out.zarr"
+
+    status = main(["segment", str(zarr_input), "-o", str(output), *FAST, "-q"])
+
+    assert status == 1
+    assert "injected write failure" in capsys.readouterr().err
+    assert len(written) == 1
+    assert written[0].name.startswith("out.zarr.tmp-")
+    assert not written[0].exists()
+    assert not output.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_model_option_applies_saved_model(zarr_input, tmp_path, monkeypatch):
+    model_file = tmp_path / "model.pt"
+    first = tmp_path / "trained.zarr"
+    status = main(
+        ["segment", str(zarr_input), "-o", str(first), "--save-model", str(model_file), *FAST, "-q"]
+    )
+    assert status == 0
+    assert model_file.is_file()
+    assert leftovers(tmp_path) == []
+
+    def fail(*args, **kwargs):
+        msg = "segger_fit must not run when --model is given"
+        raise AssertionError(msg)
+
+    monkeypatch.setattr(sg.tl, "segger_fit", fail)
+    second = tmp_path / "applied.zarr"
+    status = main(
+        ["segment", str(zarr_input), "-o", str(second), "--model", str(model_file), "-q", "--no-progress"]
+    )
+
+    assert status == 0
+    trained = check_segmentation(first).points["transcripts"].compute()
+    applied = check_segmentation(second).points["transcripts"].compute()
+    pd.testing.assert_series_equal(trained["segger_cell_id"], applied["segger_cell_id"])
+
+
+def test_training_option_with_model_rejected(zarr_input, tmp_path, capsys):
+    model_file = tmp_path / "model.pt"
+    model_file.write_bytes(b"")
+
+    status = main(
+        [
+            "segment",
+            str(zarr_input),
+            "-o",
+            str(tmp_path / "out.zarr"),
+            "--model",
+            str(model_file),
+            "--max-epochs",
+            "3",
+        ]
+    )
+
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "--max-epochs" in err
+    assert "--model" in err
+
+
+def test_missing_model_reported(zarr_input, tmp_path, capsys):
+    status = main(
+        ["segment", str(zarr_input), "-o", str(tmp_path / "out.zarr"), "--model", str(tmp_path / "none.pt")]
+    )
+
+    assert status == 1
+    assert "Model file" in capsys.readouterr().err
+
+
+def test_invalid_model_file_reported(zarr_input, tmp_path, capsys):
+    model_file = tmp_path / "model.pt"
+    model_file.write_text("not a model")
+
+    status = main(["segment", str(zarr_input), "-o", str(tmp_path / "out.zarr"), "--model", str(model_file)])
+
+    assert status == 1
+    assert "could not be read" in capsys.readouterr().err
+    assert leftovers(tmp_path) == []
+
+
+def test_existing_save_model_rejected(zarr_input, tmp_path, capsys):
+    model_file = tmp_path / "model.pt"
+    model_file.write_text("keep me")
+
+    status = main(
+        ["segment", str(zarr_input), "-o", str(tmp_path / "out.zarr"), "--save-model", str(model_file), *FAST]
+    )
+
+    assert status == 2
+    assert "--save-model" in capsys.readouterr().err
+    assert model_file.read_text() == "keep me"
+
+
+def test_save_model_inside_output_rejected(zarr_input, tmp_path, capsys):
+    output = tmp_path / "out.zarr"
+
+    status = main(["segment", str(zarr_input), "-o", str(output), "--save-model", str(output), *FAST])
+
+    assert status == 2
+    assert "inside OUTPUT" in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_existing_key_in_input(zarr_input, tmp_path, capsys):
+    segmented = tmp_path / "segmented.zarr"
+    assert main(["segment", str(zarr_input), "-o", str(segmented), *FAST, "-q"]) == 0
+    before = folder_digest(segmented)
+
+    status = main(["segment", str(segmented), "-o", str(tmp_path / "again.zarr"), *FAST])
+
+    assert status == 2
+    assert "--key-added 'segger'" in capsys.readouterr().err
+    assert not (tmp_path / "again.zarr").exists()
+
+    status = main(["segment", str(segmented), "-o", str(tmp_path / "again.zarr"), "--overwrite", *FAST, "-q"])
+
+    assert status == 0
+    check_segmentation(tmp_path / "again.zarr")
+    assert folder_digest(segmented) == before
+
+
+def test_invalid_option_value(tmp_path, capsys):
+    status = main(["segment", "-o", str(tmp_path / "out.zarr"), "--score-cut", "1.5"])
+
+    assert status == 2
+    assert "--score-cut" in capsys.readouterr().err
+
+
+def test_missing_output_folder(tmp_path, capsys):
+    status = main(["segment", "-o", str(tmp_path / "no_such_folder" / "out.zarr")])
+
+    assert status == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_command_required(capsys):
+    assert main([]) == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    status = main(["--version"])
+
+    assert status == 0
+    assert capsys.readouterr().out.strip() == f"segger {sg.__version__}"
+
+
+def test_help_gives_units(capsys):
+    status = main(["segment", "--help"])
+
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "--tile-size UM" in out
+    assert "µm" in out
+
+
+def test_toy_when_input_omitted(tmp_path):
+    output = tmp_path / "toy.zarr"
+    try:
+        status = main(["segment", "-o", str(output), *FAST, "-q"])
+    except NotImplementedError:
+        pytest.skip("segger.datasets.toy is not implemented yet")
+
+    assert status == 0
+    points = check_segmentation(output).points["transcripts"]
+    assert "true_cell_id" in points.columns
+
+
+@pytest.mark.slow
+def test_segment_real_xenium_crop(xenium_lung_path, tmp_path, capsys):
+    before = folder_digest(xenium_lung_path)
+    output = tmp_path / "lung.zarr"
+
+    status = main(["segment", str(xenium_lung_path), "-o", str(output), *FAST])
+
+    assert status == 0, capsys.readouterr().err
+    assert folder_digest(xenium_lung_path) == before
+    sdata = check_segmentation(output)
+    assert "nucleus_boundaries" in sdata.shapes
+    assert leftovers(tmp_path) == []
