@@ -404,7 +404,7 @@ def test_prior_id_missing_from_shapes(sdata, cell_ids):
 
 
 def test_missing_points_key(sdata, cell_ids):
-    with pytest.raises(ValueError, match="'spots' not found"):
+    with pytest.raises(KeyError, match="'spots' not found"):
         write_segmentation(sdata, cell_ids, points_key="spots")
 
 

@@ -87,7 +87,7 @@ class SeggerModule(L.LightningModule):
             return None, None
         z = self.model({TX: data[TX].x, BD: data[BD].x}, edge_index_dict)
         logits = self.model.decode(z[TX], z[BD], links)
-        loss = F.binary_cross_entropy_with_logits(logits, labels)
+        loss = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=_balancing_weight(labels))
         return loss, (logits, labels, links)
 
     def training_step(self, data: HeteroData, batch_idx: int) -> torch.Tensor | None:
@@ -119,6 +119,18 @@ class SeggerModule(L.LightningModule):
         return torch.optim.AdamW(
             self.model.parameters(), lr=self.settings.learning_rate, weight_decay=self.settings.weight_decay
         )
+
+
+def _balancing_weight(labels: torch.Tensor) -> torch.Tensor:
+    """Return the positive-class weight that gives positive and negative links equal total weight.
+
+    Each positive is scored against up to ``n_negatives`` nearby shapes; without this weight the
+    scores would be calibrated to that imbalance, and a transcript that is equally compatible
+    with two shapes would score far below 0.5 for both.
+    """
+    n_positive = labels.sum().clamp(min=1.0)
+    n_negative = (labels.numel() - labels.sum()).clamp(min=1.0)
+    return n_negative / n_positive
 
 
 def _top_candidate_accuracy(

@@ -239,7 +239,7 @@ def _get_points(sdata: SpatialData, points_key: str) -> dd.DataFrame:
             f"Points element {points_key!r} not found; the SpatialData object has points "
             f"{list(sdata.points)}. Pass the name of the transcripts as `points_key`."
         )
-        raise ValueError(msg)
+        raise KeyError(msg)
     return sdata.points[points_key]
 
 
