@@ -52,10 +52,10 @@ class GraphSettings:
     def margin(self) -> float:
         """Context margin (µm) so that a core transcript's scores do not depend on the tiling.
 
-        A candidate shape's centroid lies within ``dist_bd`` of the transcript, its member
-        transcripts within ``max_shape_radius`` of the centroid, and each layer of message
-        passing reaches one more ``dist_tx`` away; the extra ``dist_tx`` makes the neighbour
-        lists of the outermost transcripts that still matter complete.
+        A candidate shape's centroid lies within ``dist_bd`` of the transcript, and its member
+        transcripts lie within ``max_shape_radius`` of the centroid. Each layer of message
+        passing reaches one more ``dist_tx`` away. One extra ``dist_tx`` completes the neighbour
+        lists of the outermost transcripts that still matter.
         """
         reach = self.dist_bd + self.max_shape_radius
         return float(max(reach, self.dist_tx) + (self.num_layers + 1) * self.dist_tx)
@@ -120,8 +120,8 @@ def build_tile_graph(inputs: GraphInputs, tile: Tile, settings: GraphSettings) -
       transcript→shape message edges;
     - ``data["tx", "candidate", "bd"]``: ``edge_index`` of the nearest shapes within ``dist_bd``
       (always including the shape containing the transcript), ``edge_label`` (1.0 for the
-      containing shape), and ``rank`` (0 for the nearest centroid; the containing shape, when
-      added beyond the nearest ones, gets rank 0 as well). Candidates are kept for core
+      containing shape), and ``rank`` (0 for the nearest centroid). The containing shape gets
+      rank 0 as well when it is added beyond the nearest ones. Candidates are kept for core
       transcripts only.
     """
     transcripts = tile.transcripts

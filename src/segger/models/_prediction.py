@@ -205,8 +205,10 @@ def fragment_cells(
 
     smallest_id = np.full(len(sizes), np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(smallest_id, component[large], transcript_ids[large])
-    kept = np.flatnonzero(sizes >= min_transcripts)
+    large_components = np.flatnonzero(sizes >= min_transcripts)
     number = np.full(len(sizes), -1, dtype=np.int64)
-    number[kept[np.argsort(smallest_id[kept], kind="stable")]] = np.arange(len(kept))
+    number[large_components[np.argsort(smallest_id[large_components], kind="stable")]] = np.arange(
+        len(large_components)
+    )
     labels[large] = number[component[large]]
     return labels

@@ -38,7 +38,7 @@ class TrainingSettings:
     gradient_clip
         Maximum gradient norm.
     supervision_ratio
-        Share of the labelled transcripts of a tile whose links are scored in one step; their
+        Share of the labelled transcripts of a tile whose links are scored in one step. Their
         own links are hidden from message passing in that step.
     n_negatives
         Nearby non-owning shapes scored per positive link.
@@ -124,8 +124,8 @@ class SeggerModule(L.LightningModule):
 def _balancing_weight(labels: torch.Tensor) -> torch.Tensor:
     """Return the positive-class weight that gives positive and negative links equal total weight.
 
-    Each positive is scored against up to ``n_negatives`` nearby shapes; without this weight the
-    scores would be calibrated to that imbalance, and a transcript that is equally compatible
+    Each positive is scored against up to ``n_negatives`` nearby shapes. Without this weight the
+    scores would be calibrated to that imbalance, so a transcript that is equally compatible
     with two shapes would score far below 0.5 for both.
     """
     n_positive = labels.sum().clamp(min=1.0)
@@ -213,7 +213,7 @@ def train(
     accelerator, devices, strategy, precision
         Passed to :class:`lightning.Trainer`.
     min_validation_tiles
-        Fewest tiles for holding out whole tiles for validation rather than labelled links.
+        Minimum number of tiles for holding out whole tiles for validation rather than labelled links.
     random_state
         Seed for the weights, the validation split and the per-step link sampling.
     progress_bar

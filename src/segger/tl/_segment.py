@@ -94,7 +94,7 @@ def segger_fit(
     score_cut
         Minimum score (sigmoid of the link logit) for a transcript to join a prior shape. Training
         weighs positive and negative links equally, so a transcript that fits two neighbouring
-        cells equally well scores about 0.5 for both; the low default only rejects cells that the
+        cells equally well scores about 0.5 for both. The low default only rejects cells that the
         model finds clearly incompatible, and ``assignment`` chooses among the rest. On
         ``sg.datasets.toy`` (seeds 0, 1, 3), 0.05 gave the most transcripts in their true cell
         among 0.05, 0.1, 0.2 and 0.3.

@@ -6,7 +6,7 @@ import pandas as pd
 
 
 def match_cells(true_ids: pd.Series, predicted_ids: pd.Series) -> pd.Series:
-    """Match each predicted cell to the true cell that holds most of its transcripts, one to one.
+    """Match each predicted cell to the true cell that contains most of its transcripts, one to one.
 
     A true cell claimed by several predicted cells keeps only the one that shares the most
     transcripts with it, so that splitting a cell into fragments is not rewarded.
@@ -33,7 +33,7 @@ def match_cells(true_ids: pd.Series, predicted_ids: pd.Series) -> pd.Series:
 def assignment_accuracy(true_ids: pd.Series, predicted_ids: pd.Series) -> dict[str, float]:
     """Return the shares of in-cell transcripts assigned to their true cell, a wrong cell, or none.
 
-    Shares are taken over the transcripts whose true id is not missing; a transcript counts
+    Shares are taken over the transcripts whose true id is not missing. A transcript counts
     as correct when its predicted cell is matched to its true cell by :func:`match_cells`.
     """
     true_ids = true_ids.reset_index(drop=True)
