@@ -304,3 +304,13 @@ def test_fit_xenium_lung_crop(xenium_lung_path):
     assert both.mean() >= 0.6
     assert (segger[both] == vendor[both]).mean() >= 0.6
     assert len(sdata.tables["segger_table"]) >= 200
+
+
+def test_fit_nan_coordinates(small_toy):
+    points = small_toy.points["transcripts"].compute()
+    points.loc[points.index[:3], "y"] = np.nan
+    small_toy.points["transcripts"] = sd.models.PointsModel.parse(
+        points, coordinates={"x": "x", "y": "y", "z": "z"}, feature_key="feature_name"
+    )
+    with pytest.raises(ValueError, match=r"3 of \d+ transcripts .* 'y' coordinate"):
+        sg.tl.segger_fit(small_toy, **SMALL)

@@ -14,6 +14,7 @@ from spatialdata.transformations import get_transformation
 
 from .. import _constants as C
 from ..graph import GraphInputs, shape_features
+from ..io._spatialdata import check_coordinates
 
 logger = logging.getLogger(__name__)
 
@@ -160,16 +161,7 @@ def _read_points(sdata: SpatialData, points_key: str) -> tuple[pd.DataFrame, str
         )
         raise ValueError(msg)
 
-    for column in (C.X, C.Y, C.Z):
-        if column in points.columns:
-            values = points[column].to_numpy(dtype=np.float64, na_value=np.nan)
-            n_bad = int((~np.isfinite(values)).sum())
-            if n_bad:
-                msg = (
-                    f"{n_bad} of {len(points)} transcripts in {points_key!r} have a NaN or infinite "
-                    f"{column!r} coordinate. Drop those rows from the points element before segmenting."
-                )
-                raise ValueError(msg)
+    check_coordinates(points, (C.X, C.Y, C.Z), source=f"points {points_key!r}")
     return points, feature_key
 
 

@@ -31,6 +31,11 @@ logger = logging.getLogger(__name__)
 
 FRAGMENT_PREFIX = "segger-"
 
+# Default training budget. On 1 M synthetic transcripts (54 training tiles), a fixed 400 steps
+# left the model about 1.5 points less accurate than on 100 k; 15 passes over the tiles closed it.
+MIN_TRAINING_STEPS = 400
+MIN_TRAINING_PASSES = 15
+
 
 def segger_fit(
     sdata: SpatialData,
@@ -56,7 +61,7 @@ def segger_fit(
     num_layers: int = 2,
     dropout: float = 0.2,
     max_epochs: int = 60,
-    max_steps: int = 400,
+    max_steps: int | None = None,
     learning_rate: float = 3e-3,
     max_train_tiles: int = 64,
     device: Literal["auto", "cpu", "cuda"] | str = "auto",
@@ -117,7 +122,9 @@ def segger_fit(
         Network size and attention dropout (see :class:`segger.models.Segger`).
     max_epochs, max_steps, learning_rate
         Training length and AdamW learning rate. Training stops earlier when the validation loss
-        stops improving.
+        stops improving. ``max_steps=None`` allows 400 optimiser steps (one tile each) or 15
+        passes over the training tiles, whichever is more; with ``max_train_tiles`` this bounds
+        training cost on any slide.
     max_train_tiles
         Most tiles to train on; larger slides train on a seeded random sample of the tiles that
         contain labelled transcripts, so that training cost stops growing with the slide.
@@ -198,6 +205,9 @@ def segger_fit(
     grid = TileGrid.from_positions(inputs.positions[:, :2], tile_size=tile_size, margin=settings.margin)
     tiles = _training_tiles(inputs, grid, settings, max_tiles=max_train_tiles, random_state=random_state)
 
+    if max_steps is None:
+        max_steps = max(MIN_TRAINING_STEPS, MIN_TRAINING_PASSES * len(tiles))
+    params["max_steps"] = max_steps
     training = TrainingSettings(max_epochs=max_epochs, max_steps=max_steps, learning_rate=learning_rate)
     phase = time.perf_counter()
     accelerator = "gpu" if _torch_device(device).type == "cuda" else "cpu"
