@@ -409,7 +409,7 @@ def _check_training_options(options: dict[str, Any]) -> Path | None:
     training_flags = [flag for name, flag in TRAINING_OPTIONS.items() if name in options]
     if training_flags:
         msg = (
-            f"{', '.join(training_flags)} only apply to training and cannot be used with --model, which applies "
+            f"Training option(s) {', '.join(training_flags)} cannot be used with --model, which applies "
             "the settings the model was trained with. Leave them out, or drop --model to train."
         )
         raise UsageError(msg)

@@ -314,3 +314,40 @@ def test_fit_nan_coordinates(small_toy):
     )
     with pytest.raises(ValueError, match=r"3 of \d+ transcripts .* 'y' coordinate"):
         sg.tl.segger_fit(small_toy, **SMALL)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("score_cut", 2.0, "score_cut must lie in"),
+        ("assignment", "best", "assignment must be 'nearest' or 'score'"),
+        ("k_tx", 0, "k_tx must be at least 1"),
+        ("max_epochs", 0, "max_epochs must be at least 1"),
+        ("min_transcripts", 0, "min_transcripts must be at least 1"),
+    ],
+)
+def test_fit_invalid_option(small_toy, option, value, message):
+    before = snapshot(small_toy)
+    with pytest.raises(ValueError, match=message):
+        sg.tl.segger_fit(small_toy, **{**SMALL, option: value})
+    assert_unchanged(small_toy, before)
+
+
+def test_predict_no_known_genes(small_toy):
+    model = sg.tl.segger_fit(small_toy, **SMALL)
+    other = sg.datasets.toy(n_cells=30, random_state=4)
+    points = other.points["transcripts"].compute()
+    points["feature_name"] = ("other_" + points["feature_name"].astype(str)).astype("category")
+    other.points["transcripts"] = sd.models.PointsModel.parse(
+        points, coordinates={"x": "x", "y": "y", "z": "z"}, feature_key="feature_name"
+    )
+    with pytest.raises(ValueError, match="None of the slide's genes"):
+        sg.tl.segger_predict(other, model, progress=False)
+    assert "segger_table" not in other.tables
+
+
+def test_predict_unknown_genes_warns(small_toy):
+    model = sg.tl.segger_fit(small_toy, **SMALL)
+    model.vocabulary = [gene for gene in model.vocabulary if gene != "immune_01"]
+    with pytest.warns(UserWarning, match=r"immune_01"):
+        sg.tl.segger_predict(small_toy, model, key_added="again", progress=False)

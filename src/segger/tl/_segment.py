@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import geopandas as gpd
@@ -37,6 +40,24 @@ MIN_TRAINING_STEPS = 400
 MIN_TRAINING_PASSES = 15
 
 
+@contextmanager
+def _deterministic_torch() -> Iterator[None]:
+    """Run torch with deterministic kernels, restoring the caller's setting afterwards.
+
+    Without this, multithreaded scatter additions on the CPU sum in varying order, and after
+    60 epochs two fits with the same seed differ in the last digits of their scores and, rarely,
+    in a label. Operations without a deterministic kernel (some CUDA ones) warn instead of failing.
+    """
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+@_deterministic_torch()
 def segger_fit(
     sdata: SpatialData,
     *,
@@ -104,10 +125,10 @@ def segger_fit(
         ``sg.datasets.toy`` (seeds 0, 1, 3), 0.05 gave the most transcripts in their true cell
         among 0.05, 0.1, 0.2 and 0.3.
     assignment
-        How a transcript chooses among the candidates whose score reaches ``score_cut``:
-        ``"nearest"`` takes the one with the nearest boundary (the score decides whether a cell
-        is compatible, distance decides between compatible cells); ``"score"`` takes the
-        highest-scoring one.
+        How a transcript chooses among the candidates whose score reaches ``score_cut``.
+        ``"nearest"`` takes the one with the nearest boundary, so the score decides whether a
+        cell is compatible and distance decides between compatible cells. ``"score"`` takes
+        the highest-scoring one.
     min_transcripts
         Minimum size of a cell formed from transcripts without a prior shape.
     fragment_similarity
@@ -150,6 +171,17 @@ def segger_fit(
       ``n_transcripts``, ``area``, ``prior_id`` and ``obsm["spatial"]``.
     """
     start = time.perf_counter()
+    _check_options(
+        score_cut=score_cut,
+        assignment=assignment,
+        min_transcripts=min_transcripts,
+        fragment_similarity=fragment_similarity,
+        device=device,
+        k_tx=k_tx,
+        k_bd=k_bd,
+        dist_tx=dist_tx,
+        max_epochs=max_epochs,
+    )
     check_outputs_free(sdata, key_added=key_added, points_key=points_key, overwrite=overwrite)
     _seed(random_state)
     prepared = prepare(
@@ -244,6 +276,7 @@ def segger_fit(
     return model
 
 
+@_deterministic_torch()
 def segger_predict(
     sdata: SpatialData,
     model: Segger,
@@ -320,6 +353,13 @@ def segger_predict(
         else fragment_similarity,
         "tile_size": stored["tile_size"] if tile_size is None else tile_size,
     }
+    _check_options(
+        score_cut=options["score_cut"],
+        assignment=options["assignment"],
+        min_transcripts=options["min_transcripts"],
+        fragment_similarity=options["fragment_similarity"],
+        device=device,
+    )
     params = {"points_key": points_key, "shapes_key": shapes_key, "key_added": key_added, **options}
     params.update({"graph": settings.to_dict(), "min_qv": stored["min_qv"], "random_state": random_state})
 
@@ -586,15 +626,66 @@ def _vocabulary(
 
 
 def _warn_unknown_genes(genes: np.ndarray, tokens: np.ndarray) -> None:
+    """Warn about genes outside the model's vocabulary, and raise when no gene is known.
+
+    The warning goes through :mod:`warnings` as well as the logger, because the ``segger``
+    logger only has a ``NullHandler`` unless the user configures logging.
+    """
     unknown = tokens == 0
+    if unknown.all():
+        examples = sorted(pd.unique(genes).tolist())[:5]
+        msg = (
+            f"None of the slide's genes (for example {examples}) is in the model's vocabulary, so "
+            "the model cannot score these transcripts. Use a model trained on the same gene panel, "
+            "or train one on this slide with `sg.tl.segger_fit`."
+        )
+        raise ValueError(msg)
+
     if unknown.any():
         examples = sorted(pd.unique(genes[unknown]).tolist())
-        logger.warning(
-            "%d transcripts of %d gene(s) the model has never seen get the unknown-gene token, for example %s.",
-            int(unknown.sum()),
-            len(examples),
-            examples[:5],
+        msg = (
+            f"{int(unknown.sum())} of {len(tokens)} transcripts belong to {len(examples)} gene(s) the model "
+            f"has never seen, for example {examples[:5]}; they get the unknown-gene token."
         )
+        logger.warning(msg)
+        warnings.warn(msg, UserWarning, stacklevel=3)
+
+
+def _check_options(
+    *,
+    score_cut: float,
+    assignment: str,
+    min_transcripts: int,
+    fragment_similarity: float,
+    device: str,
+    k_tx: int | None = None,
+    k_bd: int | None = None,
+    dist_tx: float | None = None,
+    max_epochs: int | None = None,
+) -> None:
+    """Raise ValueError for option values that would fail late or give a meaningless result."""
+    problems = []
+    if not 0.0 <= score_cut <= 1.0:
+        problems.append(f"score_cut must lie in [0, 1], got {score_cut!r}")
+    if assignment not in ("nearest", "score"):
+        problems.append(f"assignment must be 'nearest' or 'score', got {assignment!r}")
+    if min_transcripts < 1:
+        problems.append(f"min_transcripts must be at least 1, got {min_transcripts!r}")
+    if not -1.0 <= fragment_similarity <= 1.0:
+        problems.append(f"fragment_similarity is a cosine similarity in [-1, 1], got {fragment_similarity!r}")
+    for name, value in (("k_tx", k_tx), ("k_bd", k_bd), ("max_epochs", max_epochs)):
+        if value is not None and value < 1:
+            problems.append(f"{name} must be at least 1, got {value!r}")
+    if dist_tx is not None and not dist_tx > 0:
+        problems.append(f"dist_tx must be a positive distance in µm, got {dist_tx!r}")
+    if device not in ("auto", "cpu") and str(device).startswith("cuda") and not torch.cuda.is_available():
+        problems.append(
+            f"device={device!r} was requested but torch finds no CUDA device; use 'auto' or 'cpu'"
+        )
+
+    if problems:
+        msg = "Invalid option(s): " + "; ".join(problems) + "."
+        raise ValueError(msg)
 
 
 def _transcript_ids(points: pd.DataFrame) -> np.ndarray:
