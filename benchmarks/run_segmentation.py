@@ -182,7 +182,7 @@ def quality(points: Any, *, synthetic: bool) -> dict[str, float]:
     return result
 
 
-def measure(dataset: str, source: Path) -> dict[str, Any]:
+def measure(dataset: str, source: Path, *, max_steps: int | None = None) -> dict[str, Any]:
     """Read one dataset, run ``segger_fit`` with its defaults, and return timings and quality.
 
     Parameters
@@ -191,6 +191,8 @@ def measure(dataset: str, source: Path) -> dict[str, Any]:
         One of :data:`DATASETS`.
     source
         Xenium folder for ``crop``; zarr store for the synthetic datasets.
+    max_steps
+        Training budget passed to ``segger_fit``; ``None`` keeps its default.
 
     Returns
     -------
@@ -215,7 +217,7 @@ def measure(dataset: str, source: Path) -> dict[str, Any]:
 
     logger.info("Running segger_fit on %s.", dataset)
     fit_start = time.perf_counter()
-    sg.tl.segger_fit(sdata, progress=False)
+    sg.tl.segger_fit(sdata, progress=False, max_steps=max_steps)
     fit_end = time.perf_counter()
 
     prepared_at, prepared = recorder.find(MARKERS["prepared"])
@@ -285,7 +287,9 @@ def synthetic_store(dataset: str, cache_dir: Path, *, random_state: int, regener
     return store
 
 
-def run_child(dataset: str, source: Path, *, timeout: float | None) -> dict[str, Any]:
+def run_child(
+    dataset: str, source: Path, *, timeout: float | None, max_steps: int | None = None
+) -> dict[str, Any]:
     """Measure one dataset in a fresh Python process and return its result.
 
     The process wall time, from start to exit, is added as ``seconds["process"]``; it includes
@@ -296,6 +300,8 @@ def run_child(dataset: str, source: Path, *, timeout: float | None) -> dict[str,
         result_file = Path(folder) / "result.json"
         command = [sys.executable, __file__, "--worker", "measure", "--dataset", dataset]
         command += ["--store", str(source), "--result", str(result_file)]
+        if max_steps is not None:
+            command += ["--max-steps", str(max_steps)]
         start = time.perf_counter()
         try:
             completed = subprocess.run(command, timeout=timeout, check=False)
@@ -589,6 +595,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds after which a dataset's child process is killed (default: none)",
     )
 
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        help="training budget in optimiser steps passed to segger_fit (default: segger_fit's own)",
+    )
+
     # Internal: the parent starts itself with these to generate a store or measure one dataset.
     parser.add_argument("--worker", choices=("generate", "measure"), help=argparse.SUPPRESS)
     parser.add_argument("--dataset", choices=DATASETS, help=argparse.SUPPRESS)
@@ -606,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         generate_store(args.n_cells, args.random_state, args.store)
         return 0
     if args.worker == "measure":
-        result = measure(args.dataset, args.store)
+        result = measure(args.dataset, args.store, max_steps=args.max_steps)
         args.result.write_text(json.dumps(result, indent=2))
         return 0
 
@@ -624,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
                 dataset, args.cache_dir, random_state=args.random_state, regenerate=args.regenerate
             )
         logger.info("Measuring %s in a child process.", dataset)
-        results.append(run_child(dataset, source, timeout=args.timeout))
+        results.append(run_child(dataset, source, timeout=args.timeout, max_steps=args.max_steps))
 
     report = write_report(results, args.output, seed=args.random_state, skipped=skipped)
     sys.stdout.write(report)

@@ -648,7 +648,7 @@ def _warn_unknown_genes(genes: np.ndarray, tokens: np.ndarray) -> None:
             f"has never seen, for example {examples[:5]}; they get the unknown-gene token."
         )
         logger.warning(msg)
-        warnings.warn(msg, UserWarning, stacklevel=3)
+        warnings.warn(msg, UserWarning, stacklevel=4)
 
 
 def _check_options(
