@@ -255,3 +255,20 @@ def test_top_candidate_accuracy_hand_computed():
 
     # Transcripts 0 and 3 rank their owner first, transcript 1 does not.
     assert _top_candidate_accuracy(logits, labels, sources).item() == pytest.approx(2.0 / 3.0)
+
+
+def test_best_weights_keeps_lowest_loss():
+    from types import SimpleNamespace
+
+    from segger.models._training import _BestWeights
+
+    network = torch.nn.Linear(1, 1)
+    module = SimpleNamespace(model=network)
+    callback = _BestWeights()
+    for loss, weight in ((0.5, 1.0), (0.2, 2.0), (0.4, 3.0)):
+        network.weight.data.fill_(weight)
+        trainer = SimpleNamespace(callback_metrics={"val_loss": torch.tensor(loss)}, sanity_checking=False)
+        callback.on_validation_epoch_end(trainer, module)
+
+    assert callback.best_loss == pytest.approx(0.2)
+    assert callback.state["weight"].item() == 2.0

@@ -142,6 +142,23 @@ def _top_candidate_accuracy(
     return (logits[positive] >= best[sources[positive]]).float().mean()
 
 
+class _BestWeights(Callback):
+    """Keep a copy of the weights from the epoch with the lowest validation loss."""
+
+    def __init__(self) -> None:
+        self.best_loss = float("inf")
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get("val_loss")
+        if value is None or trainer.sanity_checking or not float(value) < self.best_loss:
+            return
+        self.best_loss = float(value)
+        self.state = {
+            name: tensor.detach().cpu().clone() for name, tensor in module.model.state_dict().items()
+        }
+
+
 class _HistoryCallback(Callback):
     """Collect the per-epoch figures that Lightning logged into a list of rows."""
 
@@ -235,6 +252,7 @@ def train(
 
     module = SeggerModule(model, settings, random_state=random_state)
     history = _HistoryCallback()
+    best = _BestWeights()
     trainer = L.Trainer(
         max_epochs=settings.max_epochs,
         max_steps=settings.max_steps,
@@ -246,6 +264,7 @@ def train(
         callbacks=[
             EarlyStopping(monitor="val_loss", patience=settings.patience, min_delta=1e-4, strict=False),
             history,
+            best,
         ],
         logger=False,
         enable_checkpointing=False,
@@ -259,6 +278,8 @@ def train(
         val_dataloaders=_loader(validation, shuffle=False, random_state=random_state),
     )
     model.cpu()
+    if best.state is not None:
+        model.load_state_dict(best.state)
     return pd.DataFrame(history.rows)
 
 
