@@ -180,7 +180,7 @@ def toy(
       by the cell id (index name ``cell_id``).
 
     Cell ids are ``"cell-00001"``, ``"cell-00002"``, and so on. With the defaults the section is
-    about 115 µm wide and holds 15,000 to 16,300 transcripts.
+    about 115 µm wide and contains 15,000 to 16,300 transcripts.
 
     Notes
     -----

@@ -15,6 +15,7 @@ from spatialdata.transformations import get_transformation
 from .. import _constants as C
 from ..graph import GraphInputs, shape_features
 from ..io._spatialdata import check_coordinates
+from ._writeback import get_points
 
 logger = logging.getLogger(__name__)
 
@@ -138,14 +139,7 @@ def prepare(
 
 
 def _read_points(sdata: SpatialData, points_key: str) -> tuple[pd.DataFrame, str]:
-    if points_key not in sdata.points:
-        msg = (
-            f"Points element {points_key!r} not found; the SpatialData object has points "
-            f"{list(sdata.points)}. Pass the transcripts' element name as `points_key`."
-        )
-        raise KeyError(msg)
-
-    element = sdata.points[points_key]
+    element = get_points(sdata, points_key)
     feature_key = element.attrs.get("spatialdata_attrs", {}).get("feature_key") or C.FEATURE_NAME
     points = element.compute()
     if len(points) == 0:

@@ -144,8 +144,8 @@ def segger_fit(
     max_epochs, max_steps, learning_rate
         Training length and AdamW learning rate. Training stops earlier when the validation loss
         stops improving. ``max_steps=None`` allows 400 optimiser steps (one tile each) or 15
-        passes over the training tiles, whichever is more; with ``max_train_tiles`` this bounds
-        training cost on any slide.
+        passes over the training tiles, whichever is more. Together with ``max_train_tiles``,
+        this bounds training cost on any slide.
     max_train_tiles
         Most tiles to train on; larger slides train on a seeded random sample of the tiles that
         contain labelled transcripts, so that training cost stops growing with the slide.
@@ -448,6 +448,7 @@ def _segment(
         prior_shapes=prepared.shapes,
         params=params,
         overwrite=overwrite,
+        frame=prepared.points,
     )
     n_assigned = int((~cell_ids.isna()).sum())
     logger.info(

@@ -82,7 +82,7 @@ def points_frame(sdata: SpatialData, points_key: str = C.POINTS_KEY) -> pd.DataF
     -------
     The transcripts, one row each.
     """
-    return _get_points(sdata, points_key).compute()
+    return get_points(sdata, points_key).compute()
 
 
 def check_outputs_free(sdata: SpatialData, *, key_added: str, points_key: str, overwrite: bool) -> None:
@@ -91,7 +91,7 @@ def check_outputs_free(sdata: SpatialData, *, key_added: str, points_key: str, o
     Segmentation methods call this before their expensive steps, so that a name clash fails fast.
     """
     names = _OutputNames.from_key(key_added)
-    points = _get_points(sdata, points_key)
+    points = get_points(sdata, points_key)
     _check_output_names(sdata, names, key_added=key_added)
     if not overwrite:
         _check_outputs_absent(sdata, points, names, key_added=key_added)
@@ -110,6 +110,7 @@ def write_segmentation(
     hull_ratio: float = DEFAULT_HULL_RATIO,
     point_radius: float = DEFAULT_POINT_RADIUS,
     overwrite: bool = False,
+    frame: pd.DataFrame | None = None,
 ) -> None:
     """Store a transcript-to-cell assignment in ``sdata`` with cell polygons and a count table.
 
@@ -147,6 +148,9 @@ def write_segmentation(
         transcripts, or all on one line).
     overwrite
         Replace the outputs of an earlier segmentation with the same ``key_added``.
+    frame
+        The points element already computed into pandas by the caller, in element order, so
+        that it is not read a second time. ``None`` computes it here.
 
     Returns
     -------
@@ -182,13 +186,14 @@ def write_segmentation(
     """
     start = time.perf_counter()
     names = _OutputNames.from_key(key_added)
-    points = _get_points(sdata, points_key)
+    points = get_points(sdata, points_key)
     _check_output_names(sdata, names, key_added=key_added)
     if not overwrite:
         _check_outputs_absent(sdata, points, names, key_added=key_added)
     _check_hull_options(hull_ratio, point_radius)
 
-    frame = points.compute()
+    if frame is None:
+        frame = points.compute()
     cell_ids = _check_cell_ids(cell_ids, frame, points_key=points_key)
     scores = _check_scores(scores, len(frame))
     cells = _index_cells(cell_ids)
@@ -233,7 +238,8 @@ def write_segmentation(
     )
 
 
-def _get_points(sdata: SpatialData, points_key: str) -> dd.DataFrame:
+def get_points(sdata: SpatialData, points_key: str) -> dd.DataFrame:
+    """Return the points element ``points_key``, raising KeyError with the available names when absent."""
     if points_key not in sdata.points:
         msg = (
             f"Points element {points_key!r} not found; the SpatialData object has points "
