@@ -75,6 +75,28 @@ def test_fit_easy_toy_accuracy():
     assert segger["correct"] > vendor["correct"]
 
 
+@pytest.mark.slow
+def test_fit_toy_beats_baselines(fitted_toy):
+    sdata, _ = fitted_toy
+    sdata = sd.SpatialData(points=dict(sdata.points), shapes=dict(sdata.shapes), tables=dict(sdata.tables))
+    distances = range(9)
+    for distance in distances:
+        sg.tl.nucleus_expansion(sdata, distance=distance, key_added=f"expansion_{distance}")
+    sg.tl.from_transcript_column(sdata, column="cell_id", key_added="vendor")
+    kinds = ("epithelial", "fibroblast", "immune", "endothelial")
+    markers = {kind: [f"{kind}_{i:02d}" for i in range(1, 11)] for kind in kinds}
+    table = sg.tl.segmentation_metrics(sdata, markers=markers, n_bootstrap=0)
+    sweep = table.loc[[f"expansion_{distance}" for distance in distances]]
+    segger = table.loc["segger"]
+
+    assert segger["pct_correct"] > sweep["pct_correct"].max()
+    assert segger["pct_correct"] > table.loc["vendor", "pct_correct"]
+    # Compared at the same share of transcripts assigned, interpolated along the expansion sweep.
+    for column in ("mecr", "mecr_area_matched"):
+        expansion = np.interp(segger["pct_assigned"], sweep["pct_assigned"], sweep[column])
+        assert segger[column] < expansion
+
+
 def test_fit_writes_contract_outputs(fitted_toy):
     sdata, model = fitted_toy
     points = sdata.points["transcripts"].compute()
