@@ -35,6 +35,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from _markdown import replace_section
+
 logger = logging.getLogger("segger_benchmark")
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -475,7 +477,7 @@ def target_rows(results: list[dict[str, Any]]) -> list[list[str]]:
 
 
 NOTES = """\
-## What was measured
+### What was measured
 
 Each dataset runs in a fresh Python process that reads the data and calls
 `sg.tl.segger_fit(sdata, progress=False)` with every other option at its default. The synthetic
@@ -511,7 +513,7 @@ written to a zarr store beforehand, in a separate process, and are not part of a
 
 
 def write_report(results: list[dict[str, Any]], output: Path | None, *, seed: int, skipped: list[str]) -> str:
-    """Format the report as markdown, write it to ``output`` when given, and return it."""
+    """Format the report as markdown, write it into its section of ``output`` when given, and return it."""
     names = [result["dataset"] for result in results]
     table = markdown_table(["", *names], [[label, *values] for label, values in metric_rows(results)])
     targets = markdown_table(["target", "measured", "result"], target_rows(results))
@@ -524,21 +526,20 @@ def write_report(results: list[dict[str, Any]], output: Path | None, *, seed: in
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = shlex.join(["python", *sys.argv])
     parts = [
-        "# segger_fit benchmark",
+        "## segger_fit benchmark",
         f"Measured on {date} with\n\n```bash\n{command}\n```",
         table,
-        "## Targets",
+        "### Targets",
         targets,
     ]
     if skipped:
         parts.append("Skipped: " + "; ".join(skipped) + ".")
-    parts += ["## Machine", facts, NOTES.format(seed=seed).strip()]
+    parts += ["### Machine", facts, NOTES.format(seed=seed).strip()]
     report = "\n\n".join(parts) + "\n"
 
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(report)
-        logger.info("Wrote %s.", output)
+        replace_section(output, "segmentation", report)
+        logger.info("Wrote the section 'segmentation' of %s.", output)
     return report
 
 
