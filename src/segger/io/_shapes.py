@@ -136,3 +136,74 @@ def _ids_as_strings(ids: pd.Series) -> pd.Series:
     if pd.api.types.is_float_dtype(ids.dtype):
         ids = ids.astype("Int64")
     return ids.astype(str)
+
+
+def merge_polygons_by_id(ids: np.ndarray, geometries: np.ndarray, *, source: str) -> gpd.GeoDataFrame:
+    """Merge the polygons of each id into one valid polygon.
+
+    Polygons sharing an id (one per z plane of a cell, or one per pixel run of a label) are
+    combined by a union. Invalid inputs are first passed through :func:`shapely.make_valid`.
+    Where a union has several separate parts, only the largest is kept, and the number of such
+    ids is logged.
+
+    Parameters
+    ----------
+    ids
+        Shape id of each geometry; converted to strings.
+    geometries
+        Polygons or multipolygons, one per entry of ``ids``. Missing and empty ones are skipped.
+    source
+        File name used in messages.
+
+    Returns
+    -------
+    Polygons indexed by the id as a string (index name ``"cell_id"``), in order of first appearance.
+    """
+    ids = np.asarray(ids).astype(str)
+    geometries = np.asarray(geometries, dtype=object)
+    present = ~(shapely.is_missing(geometries) | shapely.is_empty(geometries))
+    ids, geometries = ids[present], geometries[present]
+    if len(ids) == 0:
+        return gpd.GeoDataFrame(geometry=[], index=pd.Index([], dtype=str, name="cell_id"))
+
+    invalid = ~shapely.is_valid(geometries)
+    if invalid.any():
+        geometries = geometries.copy()
+        geometries[invalid] = shapely.make_valid(geometries[invalid])
+        logger.warning("Repaired %d invalid polygon(s) in %s with make_valid.", int(invalid.sum()), source)
+
+    # The planes of a cell often repeat one outline, so dropping exact repeats saves most unions.
+    repeated = pd.DataFrame({"id": ids, "wkb": shapely.to_wkb(geometries)}).duplicated().to_numpy()
+    ids, geometries = ids[~repeated], geometries[~repeated]
+
+    codes, unique_ids = pd.factorize(ids, sort=False)
+    order = np.argsort(codes, kind="stable")
+    boundaries = np.flatnonzero(np.diff(codes[order])) + 1
+    merged = np.empty(len(unique_ids), dtype=object)
+    for position, group in enumerate(np.split(order, boundaries)):
+        merged[position] = geometries[group[0]] if len(group) == 1 else shapely.union_all(geometries[group])
+
+    not_polygon = shapely.get_type_id(merged) != shapely.GeometryType.POLYGON
+    several_parts = not_polygon & (shapely.get_num_geometries(merged) > 1)
+    if not_polygon.any():
+        merged[not_polygon] = [_largest_part(geometry) for geometry in merged[not_polygon]]
+    if several_parts.any():
+        logger.info(
+            "Kept the largest part of %d shape(s) in %s made of separate parts, for example %r.",
+            int(several_parts.sum()),
+            source,
+            str(unique_ids[np.flatnonzero(several_parts)[0]]),
+        )
+
+    index = pd.Index(np.asarray(unique_ids).astype(str), name="cell_id")
+    frame = gpd.GeoDataFrame(geometry=merged, index=index)
+    return frame[~frame.geometry.is_empty]
+
+
+def _largest_part(geometry: shapely.Geometry) -> shapely.Polygon:
+    # Two levels of get_parts also open a multipolygon nested in a geometry collection.
+    parts = shapely.get_parts(shapely.get_parts(geometry))
+    polygons = parts[shapely.get_type_id(parts) == shapely.GeometryType.POLYGON]
+    if len(polygons) == 0:
+        return shapely.Polygon()
+    return polygons[np.argmax(shapely.area(polygons))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -53,6 +54,23 @@ def check_required_columns(frame: pd.DataFrame, required: tuple[str, ...], *, so
             "Rename the columns to the expected names or use the reader for this instrument."
         )
         raise ValueError(msg)
+
+
+def read_transcript_table(file: Path) -> pd.DataFrame:
+    """Read a transcript table from Parquet or (optionally gzipped) CSV.
+
+    Raises ValueError when the file has no rows, including a CSV without even a header line.
+    """
+    try:
+        frame = pd.read_parquet(file) if file.name.endswith(".parquet") else pd.read_csv(file)
+    except pd.errors.EmptyDataError:
+        frame = pd.DataFrame()
+    if frame.empty:
+        msg = (
+            f"{file.name} in {str(file.parent)!r} contains no transcripts. Check that the export is complete."
+        )
+        raise ValueError(msg)
+    return frame
 
 
 def flag_controls(feature_names: pd.Series, prefixes: tuple[str, ...] = C.CONTROL_PREFIXES) -> np.ndarray:

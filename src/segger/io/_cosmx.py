@@ -1,0 +1,460 @@
+"""Read a NanoString CosMx flat-file export into segger's SpatialData layout."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+import tifffile
+from spatialdata import SpatialData
+from tqdm.auto import tqdm
+
+from .. import _constants as C
+from ._shapes import merge_polygons_by_id
+from ._spatialdata import (
+    build_spatialdata,
+    check_coordinates,
+    check_required_columns,
+    flag_controls,
+    read_transcript_table,
+)
+
+logger = logging.getLogger(__name__)
+
+TRANSCRIPT_PATTERNS = ("*tx_file.csv", "*tx_file.csv.gz", "*tx_file.parquet")
+FOV_POSITION_PATTERNS = ("*fov_positions_file.csv", "*fov_positions_file.csv.gz")
+LABEL_MASK_NAME = re.compile(r"^CellLabels_F(\d+)\.tiff?$")
+
+REQUIRED_COLUMNS = ("fov", "cell_ID", "x_global_px", "y_global_px", "target", "CellComp")
+CONTROL_PREFIXES = ("NegPrb", "Negative", "SystemControl", "FalseCode")
+NUCLEAR_COMPARTMENT = "Nuclear"
+# Tracing a 4256 x 4256 px mask with 3,000 labels took about 10 s on 2 shared CPU cores.
+# A progress bar appears from this many masks on.
+PROGRESS_MIN_FILES = 10
+# Vendor columns whose names the points schema takes over are kept under these names.
+RENAMED_VENDOR_COLUMNS = {
+    "z": "z_plane",
+    C.CELL_ID: "vendor_cell_id",
+    C.TRANSCRIPT_ID: "vendor_transcript_id",
+}
+
+
+def cosmx(
+    path: str | Path,
+    *,
+    pixel_size: float = 0.18,
+    z_step: float | None = None,
+    nucleus_buffer: float = 0.5,
+    min_nuclear_transcripts: int = 3,
+    cell_labels: bool = True,
+    min_mask_agreement: float = 0.9,
+) -> SpatialData:
+    """Read a CosMx flat-file export folder.
+
+    Parameters
+    ----------
+    path
+        Folder holding the transcript file ``*tx_file.csv`` (or ``.csv.gz``). Optional: label
+        masks ``CellLabels_F<fov>.tif`` anywhere below it, placed by ``*fov_positions_file.csv``
+        in the folder itself.
+    pixel_size
+        µm per pixel of the global coordinates. The default 0.18 µm fits the original CosMx
+        instrument, which produced the public NSCLC data. Newer runs use 0.12028 µm per pixel;
+        pass that value for them.
+    z_step
+        Distance in µm between z planes. The ``z`` column of the export is a plane index, and
+        NanoString gives it no physical unit, so the default ``None`` drops z and the graph is
+        2-D. With a step, ``z`` becomes ``z_plane * z_step``.
+    nucleus_buffer
+        Distance in µm by which each nucleus outline (the convex hull of the cell's nuclear
+        transcripts) is grown.
+    min_nuclear_transcripts
+        Cells with fewer nuclear transcripts get no nucleus polygon; at least 1.
+    cell_labels
+        Whether to turn the label masks into ``"cell_boundaries"``.
+    min_mask_agreement
+        Minimum share of a mask's assigned transcripts whose pixel carries their own
+        ``cell_ID`` for the mask to be used.
+
+    Returns
+    -------
+    SpatialData with the points element ``"transcripts"``, the shapes element
+    ``"nucleus_boundaries"`` (left out, with a warning, when no cell has enough nuclear
+    transcripts) and, when a label mask passes the alignment check, ``"cell_boundaries"``.
+    Shapes are indexed by cell id.
+
+    The points carry these columns:
+
+    - ``x``, ``y`` in µm (``x_global_px``, ``y_global_px`` times ``pixel_size``), and ``z`` in
+      µm when ``z_step`` is given.
+    - ``feature_name`` (from ``target``).
+    - ``transcript_id``: the row number in the source file.
+    - ``cell_id``: ``"<fov>_<cell_ID>"``, missing where ``cell_ID`` is 0.
+    - ``overlaps_nucleus`` (see Notes).
+    - ``is_control``: targets starting with ``NegPrb``, ``Negative``, ``SystemControl`` or
+      ``FalseCode``.
+    - The other vendor columns unchanged, the pixel coordinates included. The export's ``z``
+      column is kept as ``z_plane``, and a ``cell_id`` or ``transcript_id`` column of the
+      export is kept as ``vendor_cell_id`` or ``vendor_transcript_id``.
+
+    There is no ``qv``, so :func:`segger.tl.segger_fit` skips its quality filter.
+
+    Notes
+    -----
+    ``overlaps_nucleus`` is ``CellComp == "Nuclear"`` for transcripts assigned to a cell.
+    Exports also mark some unassigned transcripts as nuclear; these stay False, because they
+    have no cell whose nucleus they could lie in.
+
+    CosMx ships no nucleus outlines, so each nucleus polygon is the convex hull of its cell's
+    nuclear transcripts, grown by ``nucleus_buffer``. The growth also turns collinear
+    transcripts into a valid polygon. Cells with fewer than ``min_nuclear_transcripts``
+    nuclear transcripts are skipped, because so few points do not outline a nucleus. Their
+    nuclear transcripts then have no prior shape and are not used as training labels.
+
+    A label mask covers one field of view (FOV) in image orientation: row 0 is the top, while
+    the global y axis points up. Its place in global pixels is the FOV's row in
+    ``fov_positions_file.csv``. Before use, each mask is checked against the transcripts
+    inside it: the share of assigned transcripts whose mask pixel contains their ``cell_ID``
+    must reach ``min_mask_agreement``. A mask that fails, has no FOV position or covers no
+    assigned transcript is left out with a warning that gives the figures. The mask's
+    polygons are the exact pixel outlines of each label, named after the FOV of the
+    transcripts they were checked against. When that FOV differs from the one in the mask's
+    file name, a warning names both.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        msg = f"CosMx folder {str(folder)!r} does not exist or is not a folder."
+        raise FileNotFoundError(msg)
+    if not (math.isfinite(pixel_size) and pixel_size > 0):
+        msg = f"pixel_size must be a positive number of µm per pixel; got {pixel_size!r}."
+        raise ValueError(msg)
+    if min_nuclear_transcripts < 1:
+        msg = f"min_nuclear_transcripts must be at least 1; got {min_nuclear_transcripts!r}."
+        raise ValueError(msg)
+    if not 0.0 <= min_mask_agreement <= 1.0:
+        msg = f"min_mask_agreement must lie between 0 and 1; got {min_mask_agreement!r}."
+        raise ValueError(msg)
+
+    transcripts_file = _find_one(folder, TRANSCRIPT_PATTERNS, required=True)
+    points = read_transcripts(transcripts_file, pixel_size=pixel_size, z_step=z_step)
+
+    shapes = {}
+    nuclei = nucleus_polygons(points, buffer=nucleus_buffer, min_transcripts=min_nuclear_transcripts)
+    if nuclei.empty:
+        logger.warning(
+            "No cell in %s has %d or more nuclear transcripts, so nucleus_boundaries is left out.",
+            transcripts_file.name,
+            min_nuclear_transcripts,
+        )
+    else:
+        shapes[C.NUCLEUS_SHAPES_KEY] = nuclei
+    if cell_labels:
+        cells = read_label_masks(folder, points, pixel_size=pixel_size, min_agreement=min_mask_agreement)
+        if cells is not None:
+            shapes[C.CELL_SHAPES_KEY] = cells
+
+    logger.info(
+        "Read %d transcripts of %d features, %d nuclei and %d cell polygons from %s.",
+        len(points),
+        points[C.FEATURE_NAME].nunique(),
+        len(shapes.get(C.NUCLEUS_SHAPES_KEY, ())),
+        len(shapes.get(C.CELL_SHAPES_KEY, ())),
+        folder,
+    )
+    return build_spatialdata(points, shapes)
+
+
+def read_transcripts(
+    file: str | Path, *, pixel_size: float = 0.18, z_step: float | None = None
+) -> pd.DataFrame:
+    """Read a CosMx transcript file into the points schema as a pandas DataFrame (see :func:`cosmx`)."""
+    file = Path(file)
+    if z_step is not None and not (math.isfinite(z_step) and z_step > 0):
+        msg = f"z_step must be a positive number of µm per z plane, or None to drop z; got {z_step!r}."
+        raise ValueError(msg)
+    frame = read_transcript_table(file)
+    check_required_columns(frame, REQUIRED_COLUMNS, source=file.name)
+    check_coordinates(frame, ("x_global_px", "y_global_px", "z"), source=file.name)
+
+    renamed = {old: new for old, new in RENAMED_VENDOR_COLUMNS.items() if old in frame.columns}
+    frame = frame.rename(columns=renamed)
+    frame[C.X] = frame["x_global_px"].to_numpy(dtype=np.float64) * pixel_size
+    frame[C.Y] = frame["y_global_px"].to_numpy(dtype=np.float64) * pixel_size
+    if "z_plane" not in frame.columns:
+        logger.info("%s has no z column, so z is dropped and the graph is 2-D.", file.name)
+    elif z_step is None:
+        logger.info("z_step is None, so z is dropped and the graph is 2-D. Pass z_step in µm to keep it.")
+    else:
+        frame[C.Z] = frame["z_plane"].to_numpy(dtype=np.float64) * z_step
+
+    frame[C.FEATURE_NAME] = frame["target"].astype(str)
+    frame[C.TRANSCRIPT_ID] = np.arange(len(frame), dtype=np.int64)
+
+    cell_numbers = frame["cell_ID"].to_numpy(dtype=np.int64)
+    assigned = cell_numbers > 0
+    cell_ids = frame["fov"].astype(str) + "_" + pd.Series(cell_numbers, index=frame.index).astype(str)
+    frame[C.CELL_ID] = cell_ids.astype("string").mask(~assigned, pd.NA)
+    frame[C.OVERLAPS_NUCLEUS] = (frame["CellComp"].astype(str) == NUCLEAR_COMPARTMENT).to_numpy() & assigned
+    frame[C.IS_CONTROL] = flag_controls(frame[C.FEATURE_NAME], CONTROL_PREFIXES)
+    return frame.reset_index(drop=True)
+
+
+def nucleus_polygons(
+    points: pd.DataFrame, *, buffer: float = 0.5, min_transcripts: int = 3
+) -> gpd.GeoDataFrame:
+    """Build one nucleus polygon per cell from its nuclear transcripts (see :func:`cosmx`).
+
+    Parameters
+    ----------
+    points
+        Transcripts in the points schema, with ``cell_id`` and ``overlaps_nucleus``.
+    buffer
+        Distance in µm by which each convex hull is grown; must be positive.
+    min_transcripts
+        Cells with fewer nuclear transcripts are skipped.
+
+    Returns
+    -------
+    Polygons indexed by cell id (index name ``"cell_id"``).
+    """
+    if not (math.isfinite(buffer) and buffer > 0):
+        msg = f"nucleus_buffer must be a positive distance in µm; got {buffer!r}."
+        raise ValueError(msg)
+
+    nuclear = points.loc[points[C.OVERLAPS_NUCLEUS], [C.CELL_ID, C.X, C.Y]]
+    codes, cell_ids = pd.factorize(nuclear[C.CELL_ID].astype(str), sort=True)
+    counts = np.bincount(codes, minlength=len(cell_ids))
+    keep = counts >= min_transcripts
+    n_skipped = int((~keep).sum())
+    if n_skipped:
+        logger.info(
+            "Skipped %d cell(s) with fewer than %d nuclear transcripts when building nucleus polygons.",
+            n_skipped,
+            min_transcripts,
+        )
+
+    rows = keep[codes]
+    new_codes = (np.cumsum(keep) - 1)[codes[rows]]
+    coordinates = nuclear[[C.X, C.Y]].to_numpy(dtype=np.float64)[rows]
+    hulls = shapely.convex_hull(shapely.multipoints(coordinates, indices=new_codes))
+    polygons = shapely.buffer(hulls, buffer)
+    index = pd.Index(np.asarray(cell_ids)[keep].astype(str), name="cell_id")
+    return gpd.GeoDataFrame(geometry=polygons, index=index)
+
+
+def read_label_masks(
+    folder: str | Path, points: pd.DataFrame, *, pixel_size: float = 0.18, min_agreement: float = 0.9
+) -> gpd.GeoDataFrame | None:
+    """Turn the aligned ``CellLabels_F*.tif`` masks of a CosMx folder into cell polygons.
+
+    Returns None, with a warning, when no mask passes the checks described in :func:`cosmx`
+    or no mask has a label, and quietly when the folder has no masks.
+    """
+    folder = Path(folder)
+    masks = _find_label_masks(folder)
+    if not masks:
+        return None
+
+    positions_file = _find_one(folder, FOV_POSITION_PATTERNS, required=False)
+    if positions_file is None:
+        logger.warning(
+            "Found %d CellLabels mask(s) in %s but no fov_positions_file.csv to place them, "
+            "so the masks are left out.",
+            len(masks),
+            folder,
+        )
+        return None
+    positions = _read_fov_positions(positions_file)
+
+    transcript_fovs = sorted(points["fov"].unique().tolist())
+    unlisted = sorted(set(transcript_fovs) - set(positions.index))
+    if unlisted:
+        logger.warning(
+            "%s lists the FOVs %s but not the FOV(s) %s that the transcripts come from. Label masks are "
+            "placed by the positions it lists and checked against the transcripts they cover.",
+            positions_file.name,
+            positions.index.tolist(),
+            unlisted,
+        )
+
+    frames = []
+    bar = tqdm(
+        sorted(masks.items()),
+        desc="Reading CellLabels masks",
+        disable=len(masks) < PROGRESS_MIN_FILES,
+        leave=False,
+    )
+    for fov, mask_file in bar:
+        if fov not in positions.index:
+            logger.warning(
+                "Mask %s is left out: FOV %d has no position in %s.", mask_file.name, fov, positions_file.name
+            )
+            continue
+        origin = (float(positions.at[fov, "x_global_px"]), float(positions.at[fov, "y_global_px"]))
+        labels = _read_labels(mask_file)
+        matched_fov = _check_mask(
+            labels, origin, fov, points, min_agreement=min_agreement, name=mask_file.name
+        )
+        if matched_fov is not None:
+            frames.append(mask_polygons(labels, origin, fov=matched_fov, pixel_size=pixel_size))
+
+    if not frames:
+        logger.warning(
+            "No CellLabels mask in %s passed the alignment check; cell_boundaries is left out.", folder
+        )
+        return None
+    polygons = pd.concat(frames)
+    if polygons.empty:
+        logger.warning("The CellLabels masks in %s hold no labels; cell_boundaries is left out.", folder)
+        return None
+    return merge_polygons_by_id(
+        polygons.index.to_numpy(), polygons.geometry.to_numpy(), source="CellLabels masks"
+    )
+
+
+def mask_polygons(
+    labels: np.ndarray, origin: tuple[float, float], *, fov: int, pixel_size: float
+) -> gpd.GeoDataFrame:
+    """Trace the exact pixel outline of every label in a CosMx mask, in global µm.
+
+    Each row of the mask is cut into runs of one label. Each run becomes a rectangle, and the
+    rectangles of a label are merged. ``origin`` is the global pixel position of the mask's
+    bottom-left corner, because image row 0 is the top and the global y axis points up.
+    Polygons are named ``"<fov>_<label>"``; a label in separate pieces keeps its largest.
+    """
+    height, width = labels.shape
+    run_start = np.ones(labels.shape, dtype=bool)
+    run_start[:, 1:] = labels[:, 1:] != labels[:, :-1]
+    rows, starts = np.nonzero(run_start)
+    ends = np.append(starts[1:], width)
+    ends[np.append(rows[1:] != rows[:-1], True)] = width
+    run_labels = labels[rows, starts]
+
+    labelled = run_labels > 0
+    rows, starts, ends, run_labels = rows[labelled], starts[labelled], ends[labelled], run_labels[labelled]
+    # Edges come from integer pixel positions, so neighbouring rectangles share exactly equal
+    # coordinates and their union leaves no slivers.
+    bottoms = height - 1 - rows
+    x0, y0 = origin
+    boxes = shapely.box(
+        (x0 + starts) * pixel_size,
+        (y0 + bottoms) * pixel_size,
+        (x0 + ends) * pixel_size,
+        (y0 + bottoms + 1) * pixel_size,
+    )
+    ids = np.char.add(f"{fov}_", run_labels.astype(str))
+    frame = merge_polygons_by_id(ids, boxes, source=f"CellLabels mask of FOV {fov}")
+    # Drop the vertices in the middle of straight pixel edges.
+    frame.geometry = shapely.simplify(frame.geometry.to_numpy(), 0.0)
+    return frame
+
+
+def _check_mask(
+    labels: np.ndarray,
+    origin: tuple[float, float],
+    fov: int,
+    points: pd.DataFrame,
+    *,
+    min_agreement: float,
+    name: str,
+) -> int | None:
+    """Return the FOV whose transcripts the mask matches, or None (with a warning) when it fails."""
+    height, width = labels.shape
+    columns = np.floor(points["x_global_px"].to_numpy(dtype=np.float64) - origin[0]).astype(np.int64)
+    rows_from_bottom = np.floor(points["y_global_px"].to_numpy(dtype=np.float64) - origin[1]).astype(np.int64)
+    inside = (columns >= 0) & (columns < width) & (rows_from_bottom >= 0) & (rows_from_bottom < height)
+    checked = inside & (points["cell_ID"].to_numpy(dtype=np.int64) > 0)
+
+    transcript_fovs = points["fov"].to_numpy()
+    matched_fov = fov
+    if not (checked & (transcript_fovs == fov)).any() and checked.any():
+        fovs, counts = np.unique(transcript_fovs[checked], return_counts=True)
+        matched_fov = int(fovs[np.argmax(counts)])
+        logger.warning(
+            "Mask %s is named for FOV %d, but the assigned transcripts in its area come from FOV(s) %s. "
+            "It is checked against FOV %d and its cells are named after that FOV.",
+            name,
+            fov,
+            fovs.tolist(),
+            matched_fov,
+        )
+    checked &= transcript_fovs == matched_fov
+
+    n_checked = int(checked.sum())
+    if n_checked == 0:
+        logger.warning(
+            "Mask %s is left out: no assigned transcript lies in its area, so its alignment cannot be checked.",
+            name,
+        )
+        return None
+
+    pixel_labels = labels[height - 1 - rows_from_bottom[checked], columns[checked]]
+    agreement = float(np.mean(pixel_labels == points["cell_ID"].to_numpy(dtype=np.int64)[checked]))
+    if agreement < min_agreement:
+        logger.warning(
+            "Mask %s is left out: only %.1f %% of the %d assigned transcripts in its area fall on a pixel "
+            "labelled with their cell_ID (min_mask_agreement is %.0f %%). The mask does not line up with "
+            "the transcripts. Check that it belongs to FOV %d and to this run.",
+            name,
+            100.0 * agreement,
+            n_checked,
+            100.0 * min_agreement,
+            matched_fov,
+        )
+        return None
+    logger.info(
+        "Mask %s: %.1f %% of the %d assigned transcripts in its area fall on a pixel labelled with their cell_ID.",
+        name,
+        100.0 * agreement,
+        n_checked,
+    )
+    return matched_fov
+
+
+def _read_labels(file: Path) -> np.ndarray:
+    image = np.squeeze(tifffile.imread(file))
+    if image.ndim != 2:
+        msg = f"{file.name} has shape {image.shape}; a CellLabels mask must be a 2-D image."
+        raise ValueError(msg)
+    labels = image.astype(np.int64)
+    if not np.array_equal(labels, image):
+        msg = f"{file.name} holds non-integer values; a CellLabels mask must hold integer cell labels."
+        raise ValueError(msg)
+    return labels
+
+
+def _read_fov_positions(file: Path) -> pd.DataFrame:
+    frame = pd.read_csv(file)
+    # Newer exports name the column "FOV".
+    frame = frame.rename(columns={"FOV": "fov"})
+    check_required_columns(frame, ("fov", "x_global_px", "y_global_px"), source=file.name)
+    return frame.set_index(frame["fov"].astype(int))
+
+
+def _find_label_masks(folder: Path) -> dict[int, Path]:
+    masks: dict[int, Path] = {}
+    for file in sorted(folder.rglob("CellLabels_F*.tif*")):
+        match = LABEL_MASK_NAME.match(file.name)
+        if match is not None:
+            masks.setdefault(int(match.group(1)), file)
+    return masks
+
+
+def _find_one(folder: Path, patterns: tuple[str, ...], *, required: bool) -> Path | None:
+    for pattern in patterns:
+        matches = sorted(folder.glob(pattern))
+        if len(matches) > 1:
+            msg = f"{str(folder)!r} holds several files matching {pattern!r}: {[m.name for m in matches]}. Keep one."
+            raise ValueError(msg)
+        if matches:
+            return matches[0]
+    if required:
+        msg = f"No file matching {list(patterns)} was found in {str(folder)!r}; a CosMx folder needs one."
+        raise FileNotFoundError(msg)
+    return None

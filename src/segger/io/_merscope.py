@@ -1,0 +1,270 @@
+"""Read a Vizgen MERSCOPE output folder into segger's SpatialData layout."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import geopandas as gpd
+import h5py
+import numpy as np
+import pandas as pd
+import shapely
+from spatialdata import SpatialData
+from tqdm.auto import tqdm
+
+from .. import _constants as C
+from ._shapes import merge_polygons_by_id
+from ._spatialdata import (
+    build_spatialdata,
+    check_coordinates,
+    check_required_columns,
+    flag_controls,
+    read_transcript_table,
+    to_cell_id_strings,
+)
+
+logger = logging.getLogger(__name__)
+
+TRANSCRIPT_FILES = ("detected_transcripts.parquet", "detected_transcripts.csv", "detected_transcripts.csv.gz")
+BOUNDARIES_PARQUET = "cell_boundaries.parquet"
+BOUNDARIES_HDF5_FOLDER = "cell_boundaries"
+BOUNDARIES_HDF5_PATTERN = "feature_data_*.hdf5"
+
+REQUIRED_COLUMNS = ("global_x", "global_y", "gene")
+# `x` and `y` are pixel positions inside the field of view, renamed to make way for the µm columns.
+COLUMN_NAMES = {
+    "x": "x_local_px",
+    "y": "y_local_px",
+    "global_x": C.X,
+    "global_y": C.Y,
+    "gene": C.FEATURE_NAME,
+}
+CONTROL_PREFIXES = ("Blank-",)
+# A progress bar appears from this many per-FOV HDF5 files on.
+PROGRESS_MIN_FILES = 10
+
+# Column names of Vizgen's cell_boundaries.parquet, one row per cell and z plane.
+PARQUET_ID_COLUMNS = ("EntityID", "cell_id")
+PARQUET_GEOMETRY_COLUMNS = ("Geometry", "geometry")
+
+
+def merscope(path: str | Path, *, z_step: float | None = 1.5) -> SpatialData:
+    """Read a MERSCOPE output folder.
+
+    Parameters
+    ----------
+    path
+        Folder holding ``detected_transcripts.csv`` (or ``.parquet``) and the cell polygons,
+        either ``cell_boundaries.parquet`` or the older per-FOV files
+        ``cell_boundaries/feature_data_*.hdf5``.
+    z_step
+        Distance in µm between z planes. ``global_z`` is a plane index, and ``z`` becomes
+        ``global_z * z_step``. The default of 1.5 µm is the spacing of the z levels that
+        MERSCOPE writes with its polygons. ``None`` drops z, so the graph is 2-D.
+
+    Returns
+    -------
+    SpatialData with the points element ``"transcripts"`` and the shapes element
+    ``"cell_boundaries"``, indexed by MERSCOPE's cell (EntityID) as a string.
+
+    The points carry these columns:
+
+    - ``x``, ``y`` (from ``global_x``, ``global_y``) and ``z`` in µm.
+    - ``feature_name`` (from ``gene``).
+    - ``transcript_id``: the row number in the source file.
+    - ``gene_id``: MERSCOPE's own ``transcript_id`` column, which identifies the gene.
+    - ``cell_id``, ``overlaps_nucleus`` (see Notes) and ``is_control`` (``Blank-*`` barcodes).
+    - The other vendor columns, unchanged except that the pixel positions ``x`` and ``y``
+      inside the field of view are renamed ``x_local_px`` and ``y_local_px``.
+
+    There is no ``qv``, so :func:`segger.tl.segger_fit` skips its quality filter.
+
+    Notes
+    -----
+    MERSCOPE supplies whole-cell polygons and no nuclei, so the cell polygons are the prior
+    shapes, and ``overlaps_nucleus`` marks the transcripts inside the polygon of their cell.
+    Where the transcripts file has no ``cell_id`` column, ``cell_id`` becomes the id of the
+    polygon containing the transcript (the first in index order where polygons overlap). Training
+    on these shapes teaches the model whole-cell membership rather than nuclear membership,
+    and the call must name them::
+
+        sg.tl.segger_fit(sdata, shapes_key="cell_boundaries")
+
+    MERSCOPE stores one polygon per cell and z plane, and segger tests the transcripts of all
+    planes against one 2-D polygon per cell. Each cell's planes are therefore merged into
+    their union, so a cell whose outline changes with depth keeps the transcripts of every
+    plane. Where the union falls apart into separate pieces, the largest piece is kept.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        msg = f"MERSCOPE folder {str(folder)!r} does not exist or is not a folder."
+        raise FileNotFoundError(msg)
+    _check_z_step(z_step)
+
+    transcripts_file = _find_transcripts(folder)
+    shapes = read_cell_boundaries(folder)
+    points = read_transcripts(transcripts_file, z_step=z_step)
+    _assign_to_polygons(points, shapes)
+
+    inside = int(points[C.OVERLAPS_NUCLEUS].sum())
+    logger.info(
+        "Read %d transcripts of %d features and %d cell polygons from %s. %d transcripts (%.1f %%) "
+        "lie inside a polygon.",
+        len(points),
+        points[C.FEATURE_NAME].nunique(),
+        len(shapes),
+        folder,
+        inside,
+        100.0 * inside / len(points),
+    )
+    return build_spatialdata(points, {C.CELL_SHAPES_KEY: shapes})
+
+
+def read_transcripts(file: str | Path, *, z_step: float | None = 1.5) -> pd.DataFrame:
+    """Read a MERSCOPE ``detected_transcripts`` file into the points schema as a pandas DataFrame.
+
+    ``overlaps_nucleus`` is left out, because it needs the cell polygons (see :func:`merscope`).
+    """
+    file = Path(file)
+    _check_z_step(z_step)
+    frame = read_transcript_table(file)
+    check_required_columns(frame, REQUIRED_COLUMNS, source=file.name)
+    check_coordinates(frame, ("global_x", "global_y", "global_z"), source=file.name)
+
+    if C.TRANSCRIPT_ID in frame.columns:
+        # MERSCOPE's transcript_id identifies the gene (the codebook id), not the transcript.
+        frame = frame.rename(columns={C.TRANSCRIPT_ID: "gene_id"})
+    frame = frame.rename(columns=COLUMN_NAMES)
+    frame[C.FEATURE_NAME] = frame[C.FEATURE_NAME].astype(str)
+    frame[C.TRANSCRIPT_ID] = np.arange(len(frame), dtype=np.int64)
+
+    if "global_z" not in frame.columns:
+        logger.info("%s has no global_z column, so z is dropped and the graph is 2-D.", file.name)
+    elif z_step is None:
+        logger.info("z_step is None, so z is dropped and the graph is 2-D.")
+    else:
+        frame[C.Z] = frame["global_z"].to_numpy(dtype=np.float64) * z_step
+
+    if C.CELL_ID in frame.columns:
+        frame[C.CELL_ID] = to_cell_id_strings(frame[C.CELL_ID])
+    frame[C.IS_CONTROL] = flag_controls(frame[C.FEATURE_NAME], CONTROL_PREFIXES)
+    return frame.reset_index(drop=True)
+
+
+def read_cell_boundaries(folder: str | Path) -> gpd.GeoDataFrame:
+    """Read MERSCOPE cell polygons, one per cell, merged over z planes (see :func:`merscope`).
+
+    Reads ``cell_boundaries.parquet`` when the folder has it, else every
+    ``cell_boundaries/feature_data_*.hdf5``.
+    """
+    folder = Path(folder)
+    parquet_file = folder / BOUNDARIES_PARQUET
+    if parquet_file.is_file():
+        return _read_boundaries_parquet(parquet_file)
+
+    hdf5_files = sorted((folder / BOUNDARIES_HDF5_FOLDER).glob(BOUNDARIES_HDF5_PATTERN))
+    if hdf5_files:
+        return _read_boundaries_hdf5(hdf5_files)
+
+    msg = (
+        f"No cell polygons were found in {str(folder)!r}: a MERSCOPE folder needs "
+        f"{BOUNDARIES_PARQUET!r} or {BOUNDARIES_HDF5_FOLDER}/{BOUNDARIES_HDF5_PATTERN}."
+    )
+    raise FileNotFoundError(msg)
+
+
+def _read_boundaries_parquet(file: Path) -> gpd.GeoDataFrame:
+    frame = pd.read_parquet(file)
+    id_column = next((name for name in PARQUET_ID_COLUMNS if name in frame.columns), None)
+    geometry_column = next((name for name in PARQUET_GEOMETRY_COLUMNS if name in frame.columns), None)
+    if id_column is None or geometry_column is None:
+        msg = (
+            f"{file.name} needs a cell id column (one of {list(PARQUET_ID_COLUMNS)}) and a geometry "
+            f"column (one of {list(PARQUET_GEOMETRY_COLUMNS)}); it has {list(frame.columns)}."
+        )
+        raise ValueError(msg)
+    if frame.empty:
+        msg = f"{file.name} in {str(file.parent)!r} contains no cell polygons."
+        raise ValueError(msg)
+
+    values = frame[geometry_column]
+    if not isinstance(values.iloc[0], bytes):
+        msg = (
+            f"Column {geometry_column!r} of {file.name} holds {type(values.iloc[0]).__name__} values; "
+            "MERSCOPE stores polygons there as WKB bytes."
+        )
+        raise ValueError(msg)
+    geometries = shapely.from_wkb(values.to_numpy())
+    ids = to_cell_id_strings(frame[id_column], missing=()).to_numpy(dtype=str)
+    return merge_polygons_by_id(ids, geometries, source=file.name)
+
+
+def _read_boundaries_hdf5(files: list[Path]) -> gpd.GeoDataFrame:
+    # Layout: featuredata/<cell id>/zIndex_<k>/p_<m>/coordinates, an array of shape
+    # (rings, vertices, 2) in µm whose first ring is the outline and the others holes.
+    ids: list[str] = []
+    polygons: list[shapely.Polygon] = []
+    bar = tqdm(files, desc="Reading cell boundaries", disable=len(files) < PROGRESS_MIN_FILES, leave=False)
+    for file in bar:
+        with h5py.File(file, "r") as handle:
+            if "featuredata" not in handle:
+                msg = f"{file.name} has no 'featuredata' group; it is not a MERSCOPE cell boundaries file."
+                raise ValueError(msg)
+            for cell_id, cell in handle["featuredata"].items():
+                for plane_name, plane in cell.items():
+                    if not plane_name.startswith("zIndex_"):
+                        continue
+                    for part in plane.values():
+                        rings = part["coordinates"][()]
+                        polygons.append(shapely.Polygon(rings[0], holes=list(rings[1:])))
+                        ids.append(cell_id)
+    source = files[0].name if len(files) == 1 else f"{len(files)} feature_data HDF5 files"
+    cells = merge_polygons_by_id(np.asarray(ids), np.asarray(polygons, dtype=object), source=source)
+    if cells.empty:
+        msg = f"{source} in {str(files[0].parent)!r} contains no cell polygons."
+        raise ValueError(msg)
+    return cells
+
+
+def _assign_to_polygons(points: pd.DataFrame, shapes: gpd.GeoDataFrame) -> None:
+    """Set ``overlaps_nucleus``, and ``cell_id`` where the vendor gave none, by point-in-polygon."""
+    locations = gpd.GeoSeries(gpd.points_from_xy(points[C.X].to_numpy(), points[C.Y].to_numpy()))
+    point_rows, shape_rows = shapes.sindex.query(locations, predicate="within")
+
+    if C.CELL_ID in points.columns:
+        # The vendor's assignment is kept, and a transcript overlaps when it lies inside its own cell.
+        shape_ids = shapes.index.to_numpy(dtype=str)[shape_rows]
+        own_ids = points[C.CELL_ID].astype("string").fillna("").to_numpy(dtype=str)[point_rows]
+        overlaps = np.zeros(len(points), dtype=bool)
+        overlaps[point_rows[shape_ids == own_ids]] = True
+        points[C.OVERLAPS_NUCLEUS] = overlaps
+        return
+
+    containing = np.full(len(points), -1, dtype=np.int64)
+    # Writing in reverse index order leaves the first containing polygon for each transcript.
+    order = np.lexsort((shape_rows, point_rows))[::-1]
+    containing[point_rows[order]] = shape_rows[order]
+    inside = containing >= 0
+    cell_ids = pd.Series(pd.NA, index=points.index, dtype="string")
+    cell_ids[inside] = shapes.index.to_numpy(dtype=str)[containing[inside]]
+    points[C.CELL_ID] = cell_ids
+    points[C.OVERLAPS_NUCLEUS] = inside
+
+
+def _find_transcripts(folder: Path) -> Path:
+    for name in TRANSCRIPT_FILES:
+        candidate = folder / name
+        if candidate.is_file():
+            return candidate
+    msg = (
+        f"None of {list(TRANSCRIPT_FILES)} was found in {str(folder)!r}; a MERSCOPE folder needs one of them."
+    )
+    raise FileNotFoundError(msg)
+
+
+def _check_z_step(z_step: float | None) -> None:
+    if z_step is not None and not (math.isfinite(z_step) and z_step > 0):
+        msg = f"z_step must be a positive number of µm per z plane, or None to drop z; got {z_step!r}."
+        raise ValueError(msg)

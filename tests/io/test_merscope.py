@@ -1,0 +1,267 @@
+from __future__ import annotations
+
+import logging
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+
+import segger as sg
+from conftest import shared_dataset
+
+# Cell "101" is the square [0, 4] x [0, 4] on plane 0 and [0, 5] x [0, 4] on plane 1, so the
+# union over planes is 20 µm². Cell "202" is the square [10, 14] x [0, 4] on both planes.
+CELL_PLANES = {
+    "101": [shapely.box(0.0, 0.0, 4.0, 4.0), shapely.box(0.0, 0.0, 5.0, 4.0)],
+    "202": [shapely.box(10.0, 0.0, 14.0, 4.0), shapely.box(10.0, 0.0, 14.0, 4.0)],
+}
+
+
+def make_transcripts() -> pd.DataFrame:
+    """Six transcripts: two in cell 101 (one only inside its plane-1 outline), two in cell 202, two outside."""
+    return pd.DataFrame(
+        {
+            "Unnamed: 0": [10, 11, 12, 13, 14, 15],
+            "barcode_id": [0, 1, 2, 0, 3, 1],
+            "global_x": [1.0, 4.5, 11.0, 12.0, 7.0, 20.0],
+            "global_y": [1.0, 2.0, 2.0, 3.0, 2.0, 2.0],
+            "global_z": [0, 1, 2, 3, 4, 6],
+            "x": [10.0, 20.0, 30.0, 40.0, 50.0, 60.0],
+            "y": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            "fov": [7, 7, 7, 7, 7, 7],
+            "gene": ["PDK4", "ACTB", "Blank-0001", "PDK4", "ACTB", "Blank-0002"],
+            "transcript_id": ["ENST1", "ENST2", "Blank-0001", "ENST1", "ENST2", "Blank-0002"],
+        }
+    )
+
+
+def write_hdf5_boundaries(folder, planes=CELL_PLANES, *, name="feature_data_7.hdf5"):
+    (folder / "cell_boundaries").mkdir(exist_ok=True)
+    with h5py.File(folder / "cell_boundaries" / name, "w") as handle:
+        features = handle.create_group("featuredata")
+        for cell_id, polygons in planes.items():
+            cell = features.create_group(cell_id)
+            for z_index, polygon in enumerate(polygons):
+                ring = np.asarray(polygon.exterior.coords)[np.newaxis]
+                cell.create_dataset(f"zIndex_{z_index}/p_0/coordinates", data=ring)
+            cell.create_dataset("z_coordinates", data=1.5 * np.arange(1, len(polygons) + 1))
+
+
+def write_parquet_boundaries(folder, planes=CELL_PLANES):
+    rows = []
+    for cell_id, polygons in planes.items():
+        for z_index, polygon in enumerate(polygons):
+            rows.append(
+                {
+                    "ID": len(rows),
+                    "EntityID": np.int64(cell_id),
+                    "ZIndex": z_index,
+                    "Geometry": shapely.to_wkb(shapely.MultiPolygon([polygon])),
+                    "ZLevel": 1.5 * (z_index + 1),
+                    "Type": "cell",
+                }
+            )
+    pd.DataFrame(rows).to_parquet(folder / "cell_boundaries.parquet")
+
+
+def write_folder(folder, transcripts=None, *, boundaries="hdf5"):
+    transcripts = make_transcripts() if transcripts is None else transcripts
+    transcripts.to_csv(folder / "detected_transcripts.csv", index=False)
+    if boundaries == "hdf5":
+        write_hdf5_boundaries(folder)
+    elif boundaries == "parquet":
+        write_parquet_boundaries(folder)
+    return folder
+
+
+def read_points(sdata) -> pd.DataFrame:
+    return sdata.points["transcripts"].compute().reset_index(drop=True)
+
+
+def test_merscope_hdf5_points_schema(tmp_path):
+    sdata = sg.io.merscope(write_folder(tmp_path))
+    points = read_points(sdata)
+
+    assert len(points) == 6
+    assert points["transcript_id"].dtype == np.int64
+    assert points["transcript_id"].tolist() == list(range(6))
+    assert points["gene_id"].tolist() == make_transcripts()["transcript_id"].tolist()
+    assert points["feature_name"].astype(str).tolist()[:3] == ["PDK4", "ACTB", "Blank-0001"]
+    assert sdata.points["transcripts"].attrs["spatialdata_attrs"]["feature_key"] == "feature_name"
+    np.testing.assert_array_equal(points["x"], [1.0, 4.5, 11.0, 12.0, 7.0, 20.0])
+    np.testing.assert_array_equal(points["z"], [0.0, 1.5, 3.0, 4.5, 6.0, 9.0])
+    assert points["global_z"].tolist() == [0, 1, 2, 3, 4, 6]
+    assert points["x_local_px"].tolist() == [10.0, 20.0, 30.0, 40.0, 50.0, 60.0]
+    assert points["is_control"].tolist() == [False, False, True, False, False, True]
+    assert "qv" not in points.columns
+    assert {"Unnamed: 0", "barcode_id", "fov"} <= set(points.columns)
+    assert not {"global_x", "global_y", "gene"} & set(points.columns)
+
+
+def test_merscope_hdf5_cells_from_polygons(tmp_path):
+    sdata = sg.io.merscope(write_folder(tmp_path))
+    points = read_points(sdata)
+    cells = sdata.shapes["cell_boundaries"]
+
+    assert "nucleus_boundaries" not in sdata.shapes
+    assert cells.index.tolist() == ["101", "202"]
+    assert cells.area.tolist() == [20.0, 16.0]
+    assert cells.is_valid.all()
+    assert points["overlaps_nucleus"].dtype == bool
+    assert points["overlaps_nucleus"].tolist() == [True, True, True, True, False, False]
+    assert points["cell_id"].tolist()[:4] == ["101", "101", "202", "202"]
+    assert points["cell_id"].isna().tolist() == [False, False, False, False, True, True]
+
+
+def test_merscope_parquet_boundaries(tmp_path):
+    transcripts = make_transcripts()
+    transcripts.to_parquet(tmp_path / "detected_transcripts.parquet", index=False)
+    write_parquet_boundaries(tmp_path)
+    sdata = sg.io.merscope(tmp_path)
+    cells = sdata.shapes["cell_boundaries"]
+
+    assert cells.index.tolist() == ["101", "202"]
+    assert cells.area.tolist() == [20.0, 16.0]
+    assert read_points(sdata)["overlaps_nucleus"].tolist() == [True, True, True, True, False, False]
+
+
+def test_merscope_vendor_cell_id_kept(tmp_path):
+    transcripts = make_transcripts()
+    # The third transcript lies inside cell 202, but MERSCOPE assigned it to cell 101.
+    transcripts["cell_id"] = np.array([101, -1, 101, 202, -1, 202], dtype=np.int64)
+    write_folder(tmp_path, transcripts, boundaries="parquet")
+    points = read_points(sg.io.merscope(tmp_path))
+
+    assert points["cell_id"].tolist()[0] == "101"
+    assert points["cell_id"].isna().tolist() == [False, True, False, False, True, False]
+    assert points["overlaps_nucleus"].tolist() == [True, False, False, True, False, False]
+
+
+def test_merscope_parquet_preferred_over_hdf5(tmp_path):
+    write_folder(tmp_path)
+    bigger = {
+        cell: [shapely.affinity.scale(p, 2, 1, origin=(0, 0)) for p in ps] for cell, ps in CELL_PLANES.items()
+    }
+    write_parquet_boundaries(tmp_path, bigger)
+    cells = sg.io.merscope(tmp_path).shapes["cell_boundaries"]
+
+    assert cells.area.tolist() == [40.0, 32.0]
+
+
+def test_merscope_multipart_union_keeps_largest(tmp_path, caplog):
+    planes = {"7": [shapely.box(0, 0, 4, 4), shapely.box(10, 0, 11, 1)]}
+    write_folder(tmp_path, boundaries=None)
+    write_hdf5_boundaries(tmp_path, planes)
+    with caplog.at_level(logging.INFO, logger="segger"):
+        cells = sg.io.merscope(tmp_path).shapes["cell_boundaries"]
+
+    assert cells.area.tolist() == [16.0]
+    assert "Kept the largest part of 1 shape(s)" in caplog.text
+
+
+def test_merscope_z_step_none_drops_z(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="segger"):
+        points = read_points(sg.io.merscope(write_folder(tmp_path), z_step=None))
+
+    assert "z" not in points.columns
+    assert points["global_z"].tolist() == [0, 1, 2, 3, 4, 6]
+    assert "z is dropped" in caplog.text
+
+
+def test_merscope_custom_z_step(tmp_path):
+    points = read_points(sg.io.merscope(write_folder(tmp_path), z_step=2.0))
+
+    np.testing.assert_array_equal(points["z"], [0.0, 2.0, 4.0, 6.0, 8.0, 12.0])
+
+
+@pytest.mark.parametrize("z_step", [0.0, -1.5, np.nan])
+def test_merscope_invalid_z_step(tmp_path, z_step):
+    with pytest.raises(ValueError, match="z_step must be a positive number"):
+        sg.io.merscope(write_folder(tmp_path), z_step=z_step)
+
+
+def test_merscope_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        sg.io.merscope(tmp_path / "absent")
+
+
+def test_merscope_missing_transcripts_file(tmp_path):
+    write_hdf5_boundaries(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"detected_transcripts\.parquet.*detected_transcripts\.csv"):
+        sg.io.merscope(tmp_path)
+
+
+def test_merscope_missing_boundaries(tmp_path):
+    write_folder(tmp_path, boundaries=None)
+    with pytest.raises(FileNotFoundError, match=r"cell_boundaries\.parquet.*feature_data_\*\.hdf5"):
+        sg.io.merscope(tmp_path)
+
+
+def test_merscope_missing_columns(tmp_path):
+    transcripts = make_transcripts().drop(columns=["global_y", "gene"])
+    write_folder(tmp_path, transcripts)
+    with pytest.raises(ValueError, match=r"\['global_y', 'gene'\]; it has \['Unnamed: 0'"):
+        sg.io.merscope(tmp_path)
+
+
+def test_merscope_nan_coordinates(tmp_path):
+    transcripts = make_transcripts()
+    transcripts.loc[[0, 4], "global_x"] = np.nan
+    write_folder(tmp_path, transcripts)
+    with pytest.raises(ValueError, match=r"2 of 6 transcripts .* 'global_x'"):
+        sg.io.merscope(tmp_path)
+
+
+@pytest.mark.parametrize("content", ["", "global_x,global_y,global_z,gene\n"])
+def test_merscope_empty_transcripts(tmp_path, content):
+    write_hdf5_boundaries(tmp_path)
+    (tmp_path / "detected_transcripts.csv").write_text(content)
+    with pytest.raises(ValueError, match=r"detected_transcripts\.csv .* contains no transcripts"):
+        sg.io.merscope(tmp_path)
+
+
+def test_merscope_hdf5_without_cells(tmp_path):
+    write_folder(tmp_path, boundaries=None)
+    write_hdf5_boundaries(tmp_path, {})
+    with pytest.raises(ValueError, match=r"feature_data_7\.hdf5 .* contains no cell polygons"):
+        sg.io.merscope(tmp_path)
+
+
+def test_merscope_parquet_without_geometry(tmp_path):
+    write_folder(tmp_path, boundaries=None)
+    pd.DataFrame({"EntityID": [1], "ZIndex": [0]}).to_parquet(tmp_path / "cell_boundaries.parquet")
+    with pytest.raises(ValueError, match=r"geometry column \(one of \['Geometry', 'geometry'\]\)"):
+        sg.io.merscope(tmp_path)
+
+
+def test_merscope_ovarian_crop():
+    folder = shared_dataset("merscope_ovarian_subset")
+    raw = pd.read_csv(folder / "detected_transcripts.csv")
+    sdata = sg.io.merscope(folder)
+    points = read_points(sdata)
+    cells = sdata.shapes["cell_boundaries"]
+
+    assert len(points) == 15_160
+    assert len(cells) == 24
+    assert cells.is_valid.all()
+    assert int(points["overlaps_nucleus"].sum()) == 8_322
+    assert points["cell_id"].nunique() == 24
+    assert int(points["is_control"].sum()) == 60
+    assert points.loc[points["is_control"], "feature_name"].astype(str).str.startswith("Blank-").all()
+    assert points["transcript_id"].is_unique
+    assert points["gene_id"].nunique() == 486
+    np.testing.assert_array_equal(points["x"], raw["global_x"])
+    np.testing.assert_array_equal(points["z"], raw["global_z"] * 1.5)
+
+    # Independent check: the crop's planes are identical, so test against plane 3 with shapely alone.
+    inside_any = np.zeros(len(raw), dtype=bool)
+    with h5py.File(folder / "cell_boundaries" / "feature_data_1753.hdf5", "r") as handle:
+        for cell_id, cell in handle["featuredata"].items():
+            polygon = shapely.Polygon(cell["zIndex_3/p_0/coordinates"][0])
+            inside = shapely.contains_xy(polygon, raw["global_x"].to_numpy(), raw["global_y"].to_numpy())
+            assert (points.loc[inside, "cell_id"] == cell_id).all()
+            inside_any |= inside
+    assert int(inside_any.sum()) == 8_322
+    np.testing.assert_array_equal(points["overlaps_nucleus"], inside_any)
