@@ -18,3 +18,13 @@ def shared_dataset(name: str) -> Path:
 @pytest.fixture
 def xenium_lung_path() -> Path:
     return shared_dataset("xenium_lung_15k")
+
+
+@pytest.fixture
+def merscope_ovarian_path() -> Path:
+    return shared_dataset("merscope_ovarian_subset")
+
+
+@pytest.fixture
+def cosmx_lung_path() -> Path:
+    return shared_dataset("cosmx_lung9_sample1")

@@ -429,3 +429,34 @@ def test_segment_real_xenium_crop(xenium_lung_path, tmp_path, capsys):
     sdata = check_segmentation(output)
     assert "nucleus_boundaries" in sdata.shapes
     assert leftovers(tmp_path) == []
+
+
+def test_segment_real_merscope_crop(merscope_ovarian_path, tmp_path, capsys, caplog):
+    before = folder_digest(merscope_ovarian_path)
+    output = tmp_path / "ovary.zarr"
+
+    with caplog.at_level(logging.INFO, logger="segger"):
+        status = main(["segment", str(merscope_ovarian_path), "-o", str(output), *FAST])
+
+    assert status == 0, capsys.readouterr().err
+    assert folder_digest(merscope_ovarian_path) == before
+    assert "Reading the MERSCOPE folder" in caplog.text
+    assert "are the prior shapes" in caplog.text
+    sdata = check_segmentation(output)
+    assert sdata.tables["segger_table"].uns["segger"]["params"]["shapes_key"] == "cell_boundaries"
+    assert leftovers(tmp_path) == []
+
+
+def test_segment_real_cosmx_crop(cosmx_lung_path, tmp_path, capsys, caplog):
+    before = folder_digest(cosmx_lung_path)
+    output = tmp_path / "lung9.zarr"
+
+    with caplog.at_level(logging.INFO, logger="segger"):
+        status = main(["segment", str(cosmx_lung_path), "-o", str(output), "--pixel-size", "0.18", *FAST])
+
+    assert status == 0, capsys.readouterr().err
+    assert folder_digest(cosmx_lung_path) == before
+    assert "Reading the CosMx folder" in caplog.text
+    sdata = check_segmentation(output)
+    assert sdata.tables["segger_table"].uns["segger"]["params"]["shapes_key"] == "nucleus_boundaries"
+    assert leftovers(tmp_path) == []

@@ -1,4 +1,4 @@
-"""The ``segger`` command: segment a Xenium folder or a SpatialData zarr store into a new zarr store.
+"""The ``segger`` command: segment a vendor folder or a SpatialData zarr store into a new zarr store.
 
 ``segger segment INPUT -o OUTPUT.zarr`` reads INPUT, trains a model on it (or applies a saved one
 with ``--model``) and writes a new zarr store with every element of INPUT plus the segmentation.
@@ -30,6 +30,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import __version__, datasets, io, tl
 from . import _constants as C
+from .io._cosmx import TRANSCRIPT_PATTERNS as COSMX_TRANSCRIPT_PATTERNS
+from .io._merscope import TRANSCRIPT_FILES as MERSCOPE_TRANSCRIPT_FILES
 from .io._xenium import TRANSCRIPT_FILES
 from .models import Segger
 from .tl._prepare import _graph_mask, _read_points
@@ -162,8 +164,9 @@ def _add_segment_command(commands: argparse._SubParsersAction) -> None:
         nargs="?",
         metavar="INPUT",
         help=(
-            "Xenium output folder (containing transcripts.parquet or transcripts.csv.gz) or SpatialData "
-            "zarr store. Omit it to segment the synthetic tissue of segger.datasets.toy()."
+            "Xenium output folder (containing transcripts.parquet or transcripts.csv.gz), MERSCOPE folder "
+            "(detected_transcripts.csv), CosMx folder (*tx_file.csv) or SpatialData zarr store. Omit it "
+            "to segment the synthetic tissue of segger.datasets.toy()."
         ),
     )
     files.add_argument(
@@ -194,11 +197,21 @@ def _add_segment_command(commands: argparse._SubParsersAction) -> None:
     )
     elements.add_argument(
         "--shapes-key",
-        default=C.NUCLEUS_SHAPES_KEY,
+        default=None,
         metavar="NAME",
         help=(
             "Shapes element with the prior shapes: nuclei, or vendor cells where no nuclei exist "
-            f"(default: {C.NUCLEUS_SHAPES_KEY})."
+            f"(default: {C.NUCLEUS_SHAPES_KEY}, or {C.CELL_SHAPES_KEY} when INPUT has no nuclei)."
+        ),
+    )
+    elements.add_argument(
+        "--pixel-size",
+        type=_positive_float,
+        default=0.18,
+        metavar="UM",
+        help=(
+            "µm per pixel of a CosMx export's global coordinates: 0.18 for the original instrument, "
+            "0.12028 for newer runs (default: 0.18). Other inputs ignore it."
         ),
     )
     elements.add_argument(
@@ -318,7 +331,8 @@ def _segment_command(args: argparse.Namespace) -> None:
     _check_device(args.device)
 
     model = _load_model(model_file) if model_file is not None else None
-    sdata = _read_input(source, random_state=args.seed)
+    sdata = _read_input(source, random_state=args.seed, pixel_size=args.pixel_size)
+    options["shapes_key"] = _prior_shapes_key(sdata, args.shapes_key)
     _check_outputs_absent(
         sdata, points_key=args.points_key, key_added=args.key_added, overwrite=args.overwrite
     )
@@ -357,13 +371,13 @@ def _input_path(value: str | None) -> Path | None:
     path = Path(value).expanduser().resolve()
     if not path.exists():
         msg = (
-            f"INPUT {value!r} does not exist. Pass a Xenium output folder or a SpatialData zarr store, "
-            "or omit INPUT to segment the synthetic tissue."
+            f"INPUT {value!r} does not exist. Pass a Xenium, MERSCOPE or CosMx output folder or a "
+            "SpatialData zarr store, or omit INPUT to segment the synthetic tissue."
         )
         raise FileNotFoundError(msg)
     if not path.is_dir():
         msg = (
-            f"INPUT {value!r} is a file, but segger reads folders: pass the Xenium output folder that "
+            f"INPUT {value!r} is a file, but segger reads folders: pass the vendor output folder that "
             "contains the transcripts file, or a SpatialData zarr store."
         )
         raise ValueError(msg)
@@ -459,7 +473,7 @@ def _load_model(path: Path) -> Segger:
         raise ValueError(msg) from error
 
 
-def _read_input(source: Path | None, *, random_state: int) -> SpatialData:
+def _read_input(source: Path | None, *, random_state: int, pixel_size: float) -> SpatialData:
     if source is None:
         logger.info("No INPUT given; segmenting the synthetic tissue of segger.datasets.toy().")
         return datasets.toy(random_state=random_state)
@@ -468,14 +482,36 @@ def _read_input(source: Path | None, *, random_state: int) -> SpatialData:
         logger.info("Reading the SpatialData zarr store %s.", source)
         return spatialdata.read_zarr(source)
     if any((source / name).is_file() for name in TRANSCRIPT_FILES):
+        logger.info("Reading the Xenium folder %s.", source)
         return io.xenium(source)
+    if any((source / name).is_file() for name in MERSCOPE_TRANSCRIPT_FILES):
+        logger.info("Reading the MERSCOPE folder %s.", source)
+        return io.merscope(source)
+    if any(any(source.glob(pattern)) for pattern in COSMX_TRANSCRIPT_PATTERNS):
+        logger.info("Reading the CosMx folder %s at %g µm per pixel.", source, pixel_size)
+        return io.cosmx(source, pixel_size=pixel_size)
 
     msg = (
         f"INPUT {str(source)!r} is neither a SpatialData zarr store (a .zarr folder, or one with zarr "
-        f"metadata such as zarr.json or .zattrs) nor a Xenium output folder (with "
-        f"{' or '.join(TRANSCRIPT_FILES)}). Pass one of those."
+        f"metadata such as zarr.json or .zattrs) nor a vendor folder: Xenium (with "
+        f"{' or '.join(TRANSCRIPT_FILES)}), MERSCOPE (with {' or '.join(MERSCOPE_TRANSCRIPT_FILES)}) or "
+        f"CosMx (with a file matching {' or '.join(COSMX_TRANSCRIPT_PATTERNS)}). Pass one of those."
     )
     raise ValueError(msg)
+
+
+def _prior_shapes_key(sdata: SpatialData, requested: str | None) -> str:
+    """Return the shapes element to use as prior shapes: the requested one, else nuclei, else cells."""
+    if requested is not None:
+        return requested
+    if C.NUCLEUS_SHAPES_KEY not in sdata.shapes and C.CELL_SHAPES_KEY in sdata.shapes:
+        logger.info(
+            "INPUT has no %r, so the vendor cells %r are the prior shapes.",
+            C.NUCLEUS_SHAPES_KEY,
+            C.CELL_SHAPES_KEY,
+        )
+        return C.CELL_SHAPES_KEY
+    return C.NUCLEUS_SHAPES_KEY
 
 
 def _is_zarr_store(path: Path) -> bool:
