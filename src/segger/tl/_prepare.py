@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 
 import geopandas as gpd
@@ -18,6 +19,17 @@ from ..io._spatialdata import check_coordinates
 from ._writeback import get_points
 
 logger = logging.getLogger(__name__)
+
+# Nuclei are about 4 to 12 µm wide. The median prior shape of the real crops is 4 to 9 µm wide
+# (nuclei and vendor cells), so a median above this suggests pixel coordinates, and the pixel size
+# is estimated from the nucleus width range.
+MAX_MEDIAN_DIAMETER_UM = 16.0
+NUCLEUS_DIAMETER_RANGE_UM = (4.0, 12.0)
+
+# Transcripts that the vendor flags as inside a shape must mostly lie within this distance of it. On
+# the Xenium lung crop every flagged transcript lies within 0.4 µm of its nucleus polygon.
+MAX_LABEL_DISTANCE_UM = 2.0
+MIN_LABELS_NEAR_SHAPE = 0.5
 
 
 @dataclass
@@ -91,6 +103,8 @@ def prepare(
     points, feature_key = _read_points(sdata, points_key)
     shapes = _read_shapes(sdata, shapes_key)
     _check_coordinate_systems(sdata, points_key, shapes_key)
+    _check_overlap(points, shapes, points_key=points_key, shapes_key=shapes_key)
+    _warn_if_pixels(shapes, shapes_key)
 
     in_graph = _graph_mask(points, feature_key, min_qv)
     if not in_graph.any():
@@ -108,6 +122,7 @@ def prepare(
         positions[:, 2] = graph_points[C.Z].to_numpy(dtype=np.float32)
 
     prior_index = _prior_index(graph_points, shapes)
+    _check_labels_inside(graph_points, shapes, prior_index, shapes_key=shapes_key)
     if require_labels and not (prior_index >= 0).any():
         msg = (
             f"No transcript of points {points_key!r} lies inside a shape of {shapes_key!r}, so there "
@@ -156,6 +171,14 @@ def _read_points(sdata: SpatialData, points_key: str) -> tuple[pd.DataFrame, str
         raise ValueError(msg)
 
     check_coordinates(points, (C.X, C.Y, C.Z), source=f"points {points_key!r}")
+    if C.TRANSCRIPT_ID in points.columns and points[C.TRANSCRIPT_ID].duplicated().any():
+        n_duplicated = int(points[C.TRANSCRIPT_ID].duplicated(keep=False).sum())
+        msg = (
+            f"Column {C.TRANSCRIPT_ID!r} of points {points_key!r} must be a unique key, but "
+            f"{n_duplicated} rows share a value with another row. segger numbers new cells by it. "
+            f"Make it unique, for example `points[{C.TRANSCRIPT_ID!r}] = np.arange(len(points))`."
+        )
+        raise ValueError(msg)
     return points, feature_key
 
 
@@ -189,9 +212,70 @@ def _read_shapes(sdata: SpatialData, shapes_key: str) -> gpd.GeoDataFrame:
             shapes_key,
             str(shapes.index[~usable][0]),
         )
+    if not usable.any():
+        msg = (
+            f"All {len(shapes)} prior shapes of {shapes_key!r} are invalid or have zero area. Repair them, "
+            "for example with `shapely.make_valid`, or pass other shapes as `shapes_key`."
+        )
+        raise ValueError(msg)
     shapes = shapes.loc[usable]
     shapes.index = shapes.index.astype(str)
     return shapes
+
+
+def _check_overlap(
+    points: pd.DataFrame, shapes: gpd.GeoDataFrame, *, points_key: str, shapes_key: str
+) -> None:
+    """Raise when the transcripts' bounding box and the prior shapes' bounding box do not meet."""
+    x, y = points[C.X].to_numpy(), points[C.Y].to_numpy()
+    point_box = shapely.box(x.min(), y.min(), x.max(), y.max())
+    shape_box = shapely.box(*shapes.total_bounds)
+    if not point_box.buffer(1.0).intersects(shape_box):
+        msg = (
+            f"Points {points_key!r} span x {x.min():.1f}..{x.max():.1f}, y {y.min():.1f}..{y.max():.1f}, "
+            f"but shapes {shapes_key!r} span x {shapes.total_bounds[0]:.1f}..{shapes.total_bounds[2]:.1f}, "
+            f"y {shapes.total_bounds[1]:.1f}..{shapes.total_bounds[3]:.1f}, so no transcript is near a shape. "
+            "Check that both are in µm and in the same coordinate system."
+        )
+        raise ValueError(msg)
+
+
+def _warn_if_pixels(shapes: gpd.GeoDataFrame, shapes_key: str) -> None:
+    """Warn when the prior shapes are too large for µm, which suggests coordinates in pixels."""
+    diameters = 2 * np.sqrt(shapely.area(shapes.geometry.to_numpy()) / np.pi)
+    median = float(np.median(diameters))
+    if median <= MAX_MEDIAN_DIAMETER_UM:
+        return
+    msg = (
+        f"Prior shapes {shapes_key!r} have a median diameter of {median:.0f} coordinate units, but the "
+        f"median nucleus or cell is rarely wider than {MAX_MEDIAN_DIAMETER_UM:.0f} µm, so the coordinates "
+        f"look like pixels, of {NUCLEUS_DIAMETER_RANGE_UM[0] / median:.2g} to "
+        f"{NUCLEUS_DIAMETER_RANGE_UM[1] / median:.2g} µm each if these are nuclei. segger expects µm: scale the points and shapes by the pixel size (for example with "
+        "`spatialdata.transform` and a `Scale` transformation, or the reader's `pixel_size`)."
+    )
+    logger.warning(msg)
+    # The levels are this function, prepare, segger_fit or segger_predict, and their decorator.
+    warnings.warn(msg, UserWarning, stacklevel=5)
+
+
+def _check_labels_inside(
+    graph_points: pd.DataFrame, shapes: gpd.GeoDataFrame, prior_index: np.ndarray, *, shapes_key: str
+) -> None:
+    """Raise when most transcripts flagged inside a shape lie away from it, so the labels are wrong."""
+    labelled = np.flatnonzero(prior_index >= 0)
+    if len(labelled) == 0:
+        return
+    locations = shapely.points(graph_points[C.X].to_numpy()[labelled], graph_points[C.Y].to_numpy()[labelled])
+    distances = shapely.distance(locations, shapes.geometry.to_numpy()[prior_index[labelled]])
+    near = float(np.mean(distances <= MAX_LABEL_DISTANCE_UM))
+    if near < MIN_LABELS_NEAR_SHAPE:
+        msg = (
+            f"Only {100 * near:.1f} % of the {len(labelled)} transcripts that {C.OVERLAPS_NUCLEUS!r} and "
+            f"{C.CELL_ID!r} place inside a shape of {shapes_key!r} lie within {MAX_LABEL_DISTANCE_UM:g} µm "
+            "of that shape, so points and shapes do not line up. Check that both are in µm and share a "
+            "coordinate system, and that the shapes' index matches the points' cell ids."
+        )
+        raise ValueError(msg)
 
 
 def _check_coordinate_systems(sdata: SpatialData, points_key: str, shapes_key: str) -> None:

@@ -253,6 +253,13 @@ def segger_fit(
         progress_bar=progress,
     )
     logger.info("Trained for %d epoch(s) in %.1f s.", len(model.history), time.perf_counter() - phase)
+    if model.history.empty or model.history["train_loss"].isna().all():
+        msg = (
+            f"Training scored no transcript-to-shape link: the {int((inputs.prior_index >= 0).sum())} "
+            "transcript(s) inside a prior shape are too few, or no other shape lies within dist_bd of "
+            "them. Fit on a larger region, or apply a trained model with `sg.tl.segger_predict`."
+        )
+        raise ValueError(msg)
 
     _segment(
         sdata,
