@@ -346,6 +346,10 @@ def test_fit_nan_coordinates(small_toy):
         ("k_tx", 0, "k_tx must be at least 1"),
         ("max_epochs", 0, "max_epochs must be at least 1"),
         ("min_transcripts", 0, "min_transcripts must be at least 1"),
+        ("num_layers", 0, "num_layers must be at least 1"),
+        ("dist_bd", -5.0, "dist_bd must be a positive, finite distance"),
+        ("dist_tx", float("inf"), "dist_tx must be a positive, finite distance"),
+        ("tile_size", float("nan"), "tile_size must be a positive, finite distance"),
     ],
 )
 def test_fit_invalid_option(small_toy, option, value, message):

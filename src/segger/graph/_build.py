@@ -162,6 +162,9 @@ def _transcript_edges(positions: np.ndarray, settings: GraphSettings) -> torch.T
     distances, neighbours = cKDTree(positions).query(positions, k=k, distance_upper_bound=settings.dist_tx)
     target = np.repeat(np.arange(n), k).reshape(n, k)
     valid = np.isfinite(distances) & (neighbours != target)
+    # Where more than k transcripts share a position, the query may return k others and not the
+    # transcript itself, so at most k_tx neighbours are kept per transcript.
+    valid &= np.cumsum(valid, axis=1) <= settings.k_tx
     edge_index = np.vstack([neighbours[valid], target[valid]]).astype(np.int64)
     return torch.from_numpy(edge_index)
 

@@ -196,6 +196,16 @@ def read_transcripts(
     frame[C.FEATURE_NAME] = frame["target"].astype(str)
     frame[C.TRANSCRIPT_ID] = np.arange(len(frame), dtype=np.int64)
 
+    numbers = pd.to_numeric(frame["cell_ID"], errors="coerce")
+    not_integer = numbers.isna() | (numbers % 1 != 0)
+    if not_integer.any():
+        msg = (
+            f"Column 'cell_ID' of {file.name} must hold whole numbers (0 for no cell), but "
+            f"{int(not_integer.sum())} rows do not, for example {frame['cell_ID'][not_integer].iloc[0]!r}. "
+            "Check that the file is an unmodified CosMx export."
+        )
+        raise ValueError(msg)
+    frame["cell_ID"] = numbers.astype(np.int64)
     cell_numbers = frame["cell_ID"].to_numpy(dtype=np.int64)
     assigned = cell_numbers > 0
     cell_ids = frame["fov"].astype(str) + "_" + pd.Series(cell_numbers, index=frame.index).astype(str)
@@ -242,7 +252,9 @@ def nucleus_polygons(
     rows = keep[codes]
     new_codes = (np.cumsum(keep) - 1)[codes[rows]]
     coordinates = nuclear[[C.X, C.Y]].to_numpy(dtype=np.float64)[rows]
-    hulls = shapely.convex_hull(shapely.multipoints(coordinates, indices=new_codes))
+    # shapely.multipoints needs the rows grouped by cell, in increasing cell order.
+    order = np.argsort(new_codes, kind="stable")
+    hulls = shapely.convex_hull(shapely.multipoints(coordinates[order], indices=new_codes[order]))
     polygons = shapely.buffer(hulls, buffer)
     index = pd.Index(np.asarray(cell_ids)[keep].astype(str), name="cell_id")
     return gpd.GeoDataFrame(geometry=polygons, index=index)

@@ -196,8 +196,18 @@ def _read_boundaries_parquet(file: Path) -> gpd.GeoDataFrame:
             "MERSCOPE stores polygons there as WKB bytes."
         )
         raise ValueError(msg)
-    geometries = shapely.from_wkb(values.to_numpy())
+    geometries = shapely.from_wkb(values.to_numpy(), on_invalid="ignore")
     ids = to_cell_id_strings(frame[id_column], missing=()).to_numpy(dtype=str)
+    unreadable = shapely.is_missing(geometries)
+    if unreadable.any():
+        logger.warning(
+            "Dropped %d unreadable polygon(s) of %s (for example a ring with fewer than 3 vertices), "
+            "for example of cell %r.",
+            int(unreadable.sum()),
+            file.name,
+            str(ids[np.flatnonzero(unreadable)[0]]),
+        )
+        geometries, ids = geometries[~unreadable], ids[~unreadable]
     return merge_polygons_by_id(ids, geometries, source=file.name)
 
 

@@ -24,7 +24,8 @@ def polygons_from_vertices(
 
     Rings may be open or closed, and the rows of different ids may be interleaved: the
     vertices of each id are taken in their order of appearance. Invalid polygons are
-    repaired (see :func:`repair_polygons`).
+    repaired (see :func:`repair_polygons`). Shapes with a NaN or infinite vertex, or fewer than 3
+    vertices, are dropped with a logged warning.
 
     Parameters
     ----------
@@ -48,6 +49,18 @@ def polygons_from_vertices(
         raise ValueError(msg)
 
     ids = _ids_as_strings(vertices[id_column])
+    finite = np.isfinite(vertices[[x_column, y_column]].to_numpy(dtype=np.float64)).all(axis=1)
+    if not finite.all():
+        broken = pd.unique(ids[~finite])
+        logger.warning(
+            "Dropped %d shape(s) from %s with NaN or infinite vertex coordinates, for example %r.",
+            len(broken),
+            source,
+            str(broken[0]),
+        )
+        keep = ~np.isin(ids, broken)
+        vertices, ids = vertices.loc[keep], ids[keep]
+
     codes, unique_ids = pd.factorize(ids, sort=False)
     order = np.argsort(codes, kind="stable")
     coords = vertices[[x_column, y_column]].to_numpy(dtype=np.float64)[order]

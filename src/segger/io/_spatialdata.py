@@ -125,7 +125,8 @@ def build_spatialdata(
 
     Returns
     -------
-    A SpatialData object whose elements share the identity transformation to ``"global"``.
+    A SpatialData object whose elements share the identity transformation to ``"global"``. A shapes
+    element without any polygon is left out, with a logged warning.
     """
     check_required_columns(points, REQUIRED_POINTS_COLUMNS, source=f"points {points_key!r}")
     check_coordinates(points, (C.X, C.Y, C.Z), source=f"points {points_key!r}")
@@ -142,9 +143,14 @@ def build_spatialdata(
         transformations={C.COORDINATE_SYSTEM: Identity()},
     )
 
+    empty = [name for name, frame in shapes.items() if len(frame) == 0]
+    for name in empty:
+        logger.warning("Left out the shapes element %r, because it has no usable polygon.", name)
+
     # Each element gets its own transformation object, so changing one leaves the others alone.
     parsed_shapes = {
         name: ShapesModel.parse(frame, transformations={C.COORDINATE_SYSTEM: Identity()})
         for name, frame in shapes.items()
+        if name not in empty
     }
     return SpatialData(points={points_key: parsed_points}, shapes=parsed_shapes)

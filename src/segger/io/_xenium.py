@@ -83,6 +83,11 @@ def read_transcripts(file: str | Path) -> pd.DataFrame:
     """Read a Xenium transcripts file into the points schema as a pandas DataFrame."""
     file = Path(file)
     frame = _read_table(file)
+    if frame.empty:
+        msg = (
+            f"{file.name} in {str(file.parent)!r} contains no transcripts. Check that the export is complete."
+        )
+        raise ValueError(msg)
     check_required_columns(frame, REQUIRED_COLUMNS, source=file.name)
     check_coordinates(frame, ("x_location", "y_location", "z_location"), source=file.name)
 
@@ -106,6 +111,9 @@ def read_transcripts(file: str | Path) -> pd.DataFrame:
 
 def _read_boundaries(file: Path):
     vertices = _read_table(file)
+    if vertices.empty:
+        logger.warning("%s contains no vertices.", file.name)
+        vertices = pd.DataFrame({"cell_id": [], "vertex_x": [], "vertex_y": []})
     return polygons_from_vertices(vertices, source=file.name)
 
 
@@ -141,6 +149,7 @@ def _find_file(folder: Path, names: tuple[str, ...], *, required: bool) -> Path 
 
 
 def _read_table(file: Path) -> pd.DataFrame:
-    if file.name.endswith(".parquet"):
-        return pd.read_parquet(file)
-    return pd.read_csv(file)
+    try:
+        return pd.read_parquet(file) if file.name.endswith(".parquet") else pd.read_csv(file)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()

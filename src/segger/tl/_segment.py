@@ -180,6 +180,9 @@ def segger_fit(
         k_tx=k_tx,
         k_bd=k_bd,
         dist_tx=dist_tx,
+        dist_bd=dist_bd,
+        num_layers=num_layers,
+        tile_size=tile_size,
         max_epochs=max_epochs,
     )
     check_outputs_free(sdata, key_added=key_added, points_key=points_key, overwrite=overwrite)
@@ -366,6 +369,7 @@ def segger_predict(
         min_transcripts=options["min_transcripts"],
         fragment_similarity=options["fragment_similarity"],
         device=device,
+        tile_size=options["tile_size"],
     )
     params = {"points_key": points_key, "shapes_key": shapes_key, "key_added": key_added, **options}
     params.update({"graph": settings.to_dict(), "min_qv": stored["min_qv"], "random_state": random_state})
@@ -669,6 +673,9 @@ def _check_options(
     k_tx: int | None = None,
     k_bd: int | None = None,
     dist_tx: float | None = None,
+    dist_bd: float | None = None,
+    num_layers: int | None = None,
+    tile_size: float | None = None,
     max_epochs: int | None = None,
 ) -> None:
     """Raise ValueError for option values that would fail late or give a meaningless result."""
@@ -681,11 +688,17 @@ def _check_options(
         problems.append(f"min_transcripts must be at least 1, got {min_transcripts!r}")
     if not -1.0 <= fragment_similarity <= 1.0:
         problems.append(f"fragment_similarity is a cosine similarity in [-1, 1], got {fragment_similarity!r}")
-    for name, value in (("k_tx", k_tx), ("k_bd", k_bd), ("max_epochs", max_epochs)):
+    for name, value in (
+        ("k_tx", k_tx),
+        ("k_bd", k_bd),
+        ("num_layers", num_layers),
+        ("max_epochs", max_epochs),
+    ):
         if value is not None and value < 1:
             problems.append(f"{name} must be at least 1, got {value!r}")
-    if dist_tx is not None and not dist_tx > 0:
-        problems.append(f"dist_tx must be a positive distance in µm, got {dist_tx!r}")
+    for name, value in (("dist_tx", dist_tx), ("dist_bd", dist_bd), ("tile_size", tile_size)):
+        if value is not None and not (np.isfinite(value) and value > 0):
+            problems.append(f"{name} must be a positive, finite distance in µm, got {value!r}")
     if device not in ("auto", "cpu") and str(device).startswith("cuda") and not torch.cuda.is_available():
         problems.append(
             f"device={device!r} was requested but torch finds no CUDA device; use 'auto' or 'cpu'"
