@@ -58,3 +58,10 @@ def test_cosmx_vendor_agreement(cosmx_lung_path):
     assert both.mean() >= 0.7
     assert same.mean() >= 0.6
     assert isinstance(points["segger_cell_id"].dtype, pd.StringDtype)
+
+
+def test_fit_merscope_without_shapes_key(merscope_ovarian_path):
+    sdata = sg.io.merscope(merscope_ovarian_path)
+
+    with pytest.raises(KeyError, match="pass shapes_key='cell_boundaries'"):
+        sg.tl.segger_fit(sdata, **FAST)

@@ -188,6 +188,8 @@ def _read_shapes(sdata: SpatialData, shapes_key: str) -> gpd.GeoDataFrame:
             f"Prior shapes {shapes_key!r} not found; the SpatialData object has shapes "
             f"{list(sdata.shapes)}. Pass the nuclei (or vendor cells) as `shapes_key`."
         )
+        if shapes_key == C.NUCLEUS_SHAPES_KEY and C.CELL_SHAPES_KEY in sdata.shapes:
+            msg += f" Without nuclei, as in MERSCOPE data, pass shapes_key={C.CELL_SHAPES_KEY!r}."
         raise KeyError(msg)
 
     shapes = sdata.shapes[shapes_key]
