@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -152,3 +154,25 @@ def test_column_missing():
         sg.tl.from_transcript_column(sdata, column="vendor_id")
 
     assert list(sdata.tables) == []
+
+
+def test_column_float_measurement_rejected():
+    sdata = scene()
+    points = sdata.points["transcripts"].compute()
+    points["qv_like"] = np.linspace(0.5, 3.5, len(points))
+    sdata = build_spatialdata(points.drop(columns=["feature_name"]).assign(feature_name=GENES), {})
+
+    with pytest.raises(ValueError, match="it is a measurement, not a cell id"):
+        sg.tl.from_transcript_column(sdata, column="qv_like")
+
+
+def test_column_no_cell_code_warns(caplog):
+    sdata = scene()
+    points = sdata.points["transcripts"].compute()
+    points["cell_number"] = [0, 0, 0, 0, 0, 2, 3]
+    sdata = build_spatialdata(points.drop(columns=["feature_name"]).assign(feature_name=GENES), {})
+
+    with caplog.at_level(logging.WARNING, logger="segger"):
+        sg.tl.from_transcript_column(sdata, column="cell_number")
+
+    assert "Cell id '0' of column 'cell_number' covers 71 %" in caplog.text

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# One cell holding more than this share of a column's assigned transcripts suggests a "no cell" code.
+MAX_SINGLE_CELL_SHARE = 0.2
+
 
 def nucleus_expansion(
     sdata: SpatialData,
@@ -154,6 +157,7 @@ def from_transcript_column(
         )
         raise KeyError(msg)
 
+    _check_id_column(points[column], column=column)
     cell_ids = points[column].astype("string")
     prior_ids = None
     shapes = None
@@ -182,6 +186,31 @@ def from_transcript_column(
         overwrite=overwrite,
         frame=points,
     )
+
+
+def _check_id_column(values: pd.Series, *, column: str) -> None:
+    """Reject columns that hold measurements rather than ids, and warn about one id covering most rows."""
+    if pd.api.types.is_bool_dtype(values.dtype):
+        msg = f"Column {column!r} is boolean, not a cell id per transcript. Pass the column of cell ids."
+        raise ValueError(msg)
+    if pd.api.types.is_float_dtype(values.dtype):
+        present = values.dropna()
+        if (present % 1 != 0).any():
+            msg = (
+                f"Column {column!r} holds fractional numbers such as {present[present % 1 != 0].iloc[0]!r}, "
+                "so it is a measurement, not a cell id. Pass the column of cell ids."
+            )
+            raise ValueError(msg)
+
+    shares = values.dropna().astype(str).value_counts(normalize=True)
+    if len(shares) > 1 and shares.iloc[0] > MAX_SINGLE_CELL_SHARE:
+        logger.warning(
+            "Cell id %r of column %r covers %.0f %% of the assigned transcripts. If it marks transcripts "
+            "without a cell (as 0 does in CosMx's cell_ID), set it to missing first.",
+            shares.index[0],
+            column,
+            100 * shares.iloc[0],
+        )
 
 
 def _nearest_shape(points: pd.DataFrame, shapes: gpd.GeoDataFrame, *, distance: float) -> np.ndarray:
