@@ -218,7 +218,7 @@ def _check_options(*, n_area_bins: int, n_neighbors: int, n_bootstrap: int, conf
 
 
 def _marker_codes(markers: Mapping[str, Sequence[str]], genes: pd.Index) -> dict[str, np.ndarray]:
-    """Return the gene positions of each type's markers, dropping genes absent from the panel."""
+    """Return the gene positions of each type's markers, raising for genes absent from the panel."""
     codes = {}
     for name, type_genes in markers.items():
         if isinstance(type_genes, str):
@@ -226,20 +226,25 @@ def _marker_codes(markers: Mapping[str, Sequence[str]], genes: pd.Index) -> dict
             raise TypeError(msg)
         positions = genes.get_indexer(list(type_genes))
         if (positions < 0).any():
-            logger.warning(
-                "Ignoring %d marker(s) of %r not found among the counted genes: %s",
-                int((positions < 0).sum()),
-                name,
-                [gene for gene, position in zip(type_genes, positions, strict=True) if position < 0],
+            absent = [gene for gene, position in zip(type_genes, positions, strict=True) if position < 0]
+            msg = (
+                f"Marker gene(s) {absent} of {name!r} are not among the {len(genes)} counted genes of the "
+                f"panel, which are {_preview(genes)}. Pass genes of the panel."
             )
-        if (positions >= 0).any():
-            codes[str(name)] = np.unique(positions[positions >= 0])
+            raise ValueError(msg)
+        if len(positions):
+            codes[str(name)] = np.unique(positions)
 
     shared = pd.Series(np.concatenate(list(codes.values()) or [np.array([], int)])).duplicated()
     if shared.any():
         msg = "A gene is listed as a marker of more than one type; give each marker to one type only."
         raise ValueError(msg)
     return codes
+
+
+def _preview(genes: pd.Index, n: int = 10) -> str:
+    shown = ", ".join(map(str, genes[:n]))
+    return f"{shown}, ..." if len(genes) > n else shown
 
 
 def _cell_areas(sdata: SpatialData, key: str, cell_ids: np.ndarray) -> np.ndarray:
