@@ -21,12 +21,21 @@ from .. import _constants as C
 from ..graph import (
     GraphInputs,
     GraphSettings,
+    Tile,
     TileGrid,
     build_tile_graph,
     fit_feature_scaling,
     scale_features,
 )
-from ..models import Segger, TrainingSettings, fragment_cells, predict_tile, select_candidates, train
+from ..models import (
+    Segger,
+    TilePrediction,
+    TrainingSettings,
+    fragment_cells,
+    predict_tile,
+    select_candidates,
+    train,
+)
 from ._prepare import PreparedData, prepare
 from ._writeback import check_outputs_free, write_segmentation
 
@@ -87,6 +96,7 @@ def segger_fit(
     max_train_tiles: int = 64,
     device: Literal["auto", "cpu", "cuda"] | str = "auto",
     devices: int | str = 1,
+    client: Any | None = None,
     random_state: int = 0,
     overwrite: bool = False,
     progress: bool = True,
@@ -153,6 +163,10 @@ def segger_fit(
         ``"auto"`` uses CUDA when available.
     devices
         Number of devices for training, passed to Lightning.
+    client
+        A ``dask.distributed.Client``. When given, the tiles' graphs are built and predicted as
+        tasks on its workers, on their CPUs, and the labels equal those of a run without it.
+        ``None`` predicts the tiles one after another in this process.
     random_state
         Seed for numpy and torch.
     overwrite
@@ -278,6 +292,7 @@ def segger_fit(
         fragment_similarity=fragment_similarity,
         tile_size=tile_size,
         device=device,
+        client=client,
         overwrite=overwrite,
         progress=progress,
         params=params,
@@ -300,6 +315,7 @@ def segger_predict(
     fragment_similarity: float | None = None,
     tile_size: float | None = None,
     device: Literal["auto", "cpu", "cuda"] | str = "auto",
+    client: Any | None = None,
     random_state: int = 0,
     overwrite: bool = False,
     progress: bool = True,
@@ -320,6 +336,10 @@ def segger_predict(
         ``None`` uses the values the model was trained with.
     device
         ``"auto"`` uses CUDA when available.
+    client
+        A ``dask.distributed.Client``. When given, the tiles' graphs are built and predicted as
+        tasks on its workers, on their CPUs, and the labels equal those of a run without it.
+        ``None`` predicts the tiles one after another in this process.
     random_state
         Seed for numpy and torch.
     overwrite
@@ -383,6 +403,7 @@ def segger_predict(
         points_key=points_key,
         key_added=key_added,
         device=device,
+        client=client,
         overwrite=overwrite,
         progress=progress,
         params=params,
@@ -406,6 +427,7 @@ def _segment(
     fragment_similarity: float,
     tile_size: float,
     device: str,
+    client: Any | None,
     overwrite: bool,
     progress: bool,
     params: dict[str, Any],
@@ -413,7 +435,13 @@ def _segment(
     """Predict every tile, form cells from leftover transcripts, and write the result back."""
     phase = time.perf_counter()
     links, embeddings = _predict_tiles(
-        model, inputs, settings, tile_size=tile_size, device=_torch_device(device), progress=progress
+        model,
+        inputs,
+        settings,
+        tile_size=tile_size,
+        device=_torch_device(device),
+        client=client,
+        progress=progress,
     )
     sources, targets, link_scores = links
     distances = _boundary_distances(inputs.positions, prepared.shapes, sources, targets)
@@ -481,6 +509,7 @@ def _predict_tiles(
     *,
     tile_size: float,
     device: torch.device,
+    client: Any | None,
     progress: bool,
 ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
     """Return the scored candidate links (sources, targets, scores) and the transcript embeddings."""
@@ -489,12 +518,20 @@ def _predict_tiles(
     predicted = np.zeros(n, dtype=bool)
     sources, targets, scores = [], [], []
 
-    model.to(device)
     grid = TileGrid.from_positions(inputs.positions[:, :2], tile_size=tile_size, margin=settings.margin)
     tiles = grid.tiles(inputs.positions[:, :2], inputs.shape_centroids)
-    for tile in tqdm(tiles, total=grid.n_tiles, desc="Predicting tiles", disable=not progress, leave=False):
-        data = build_tile_graph(inputs, tile, settings)
-        result = predict_tile(model, data, k_bd=settings.k_bd, device=device)
+    if client is None:
+        model.to(device)
+        results = (
+            predict_tile(model, build_tile_graph(inputs, tile, settings), k_bd=settings.k_bd, device=device)
+            for tile in tiles
+        )
+    else:
+        results = _predict_tiles_on_client(client, model, inputs, settings, list(tiles))
+
+    for result in tqdm(
+        results, total=grid.n_tiles, desc="Predicting tiles", disable=not progress, leave=False
+    ):
         embeddings[result.transcripts] = result.embeddings
         predicted[result.transcripts] = True
         sources.append(result.sources)
@@ -513,6 +550,34 @@ def _predict_tiles(
         np.concatenate(scores) if scores else np.empty(0, np.float32),
     )
     return links, embeddings
+
+
+def _predict_tiles_on_client(
+    client: Any, model: Segger, inputs: GraphInputs, settings: GraphSettings, tiles: list[Tile]
+) -> list[TilePrediction]:
+    """Build and predict every tile as a task of a ``dask.distributed`` client, in tile order.
+
+    The model and the graph inputs are sent to every worker once. Workers predict on their CPU.
+    """
+    logger.info("Predicting %d tiles on the Dask client %s.", len(tiles), client)
+    model_future, inputs_future = client.scatter([model.cpu(), inputs], broadcast=True)
+    futures = client.map(
+        _predict_tile_task, tiles, model=model_future, inputs=inputs_future, settings=settings, pure=False
+    )
+    try:
+        return client.gather(futures)
+    except Exception as error:
+        failed = [tile.index for tile, future in zip(tiles, futures, strict=True) if future.status == "error"]
+        msg = f"Prediction failed on the Dask cluster for tile(s) {failed or 'unknown'}: {error!r}"
+        raise RuntimeError(msg) from error
+
+
+def _predict_tile_task(
+    tile: Tile, *, model: Segger, inputs: GraphInputs, settings: GraphSettings
+) -> TilePrediction:
+    """Build one tile's graph and predict it on the CPU; a Dask task of :func:`_predict_tiles_on_client`."""
+    with torch.inference_mode():
+        return predict_tile(model, build_tile_graph(inputs, tile, settings), k_bd=settings.k_bd, device="cpu")
 
 
 def _boundary_distances(

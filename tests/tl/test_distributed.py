@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+import segger as sg
+
+distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed")
+
+FAST = {"max_epochs": 3, "progress": False, "tile_size": 25.0}
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    with distributed.Client(cluster) as connected:
+        yield connected
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    sdata = sg.datasets.toy(n_cells=40, random_state=5)
+    model = sg.tl.segger_fit(sdata, **FAST)
+    return sdata, model
+
+
+def test_predict_on_cluster_equals_serial(fitted, client):
+    sdata, model = fitted
+    sg.tl.segger_predict(sdata, model, key_added="cluster", client=client, progress=False)
+    points = sdata.points["transcripts"].compute()
+
+    assert points["segger_cell_id"].notna().sum() > 0
+    pd.testing.assert_series_equal(points["cluster_cell_id"], points["segger_cell_id"], check_names=False)
+    pd.testing.assert_series_equal(points["cluster_score"], points["segger_score"], check_names=False)
+
+
+def test_fit_on_cluster_equals_serial(client):
+    serial = sg.datasets.toy(n_cells=40, random_state=6)
+    on_cluster = sg.datasets.toy(n_cells=40, random_state=6)
+    sg.tl.segger_fit(serial, **FAST)
+    sg.tl.segger_fit(on_cluster, client=client, **FAST)
+
+    pd.testing.assert_series_equal(
+        on_cluster.points["transcripts"].compute()["segger_cell_id"],
+        serial.points["transcripts"].compute()["segger_cell_id"],
+    )
+
+
+def test_failed_tile_names_tile(fitted, client, monkeypatch):
+    sdata, model = fitted
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("worker lost")
+
+    monkeypatch.setattr("segger.tl._segment._predict_tile_task", fail)
+    with pytest.raises(RuntimeError, match=r"Prediction failed on the Dask cluster for tile\(s\) \[0"):
+        sg.tl.segger_predict(sdata, model, key_added="broken", client=client, progress=False)
+
+    assert "broken_cell_id" not in sdata.points["transcripts"].columns
