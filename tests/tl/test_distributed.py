@@ -56,7 +56,7 @@ def test_failed_tile_names_tile(fitted, client, monkeypatch):
         raise RuntimeError("worker lost")
 
     monkeypatch.setattr("segger.tl._segment._predict_tile_task", fail)
-    with pytest.raises(RuntimeError, match=r"Prediction failed on the Dask cluster for tile\(s\) \[0"):
+    with pytest.raises(RuntimeError, match=r"Prediction failed on the Dask cluster for tile\(s\) \[0, 1, "):
         sg.tl.segger_predict(sdata, model, key_added="broken", client=client, progress=False)
 
     assert "broken_cell_id" not in sdata.points["transcripts"].columns

@@ -567,9 +567,18 @@ def _predict_tiles_on_client(
     try:
         return client.gather(futures)
     except Exception as error:
-        failed = [tile.index for tile, future in zip(tiles, futures, strict=True) if future.status == "error"]
+        # gather raises at the first failed task, so wait for the others to list every failed tile.
+        failed = [tile.index for tile, future in zip(tiles, futures, strict=True) if _task_failed(future)]
         msg = f"Prediction failed on the Dask cluster for tile(s) {failed or 'unknown'}: {error!r}"
         raise RuntimeError(msg) from error
+
+
+def _task_failed(future: Any) -> bool:
+    """Wait for a Dask future and return whether it ended in an error."""
+    try:
+        return future.exception() is not None
+    except Exception:  # a cancelled future or a lost scheduler counts as failed
+        return True
 
 
 def _predict_tile_task(
