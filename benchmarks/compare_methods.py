@@ -2,9 +2,9 @@
 
 MECR (mutually exclusive co-expression rate) falls when fewer transcripts are assigned, so a single
 figure per method cannot rank methods. This script sweeps each method over its main parameter (segger's
-``score_cut``, the expansion distance) and compares segger's default against the expansion sweep
-interpolated at the same share assigned, on the real Xenium crop and on the synthetic toy tissue,
-where the true cells are known.
+``score_cut``, the expansion distance). It then compares segger's default against the expansion
+sweep interpolated at the same share assigned. It does so on the real Xenium crop and on the
+synthetic toy tissue, where the true cells are known.
 
 Usage::
 

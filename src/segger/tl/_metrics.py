@@ -112,7 +112,7 @@ def segmentation_metrics(
     -----
     A cell expresses a gene when it contains at least one of its transcripts. For a pair of markers
     of different types, the rate is the number of cells expressing both over the number expressing
-    either; ``mecr`` is the mean over all such pairs. MECR grows with cell size, because a larger
+    either. ``mecr`` is the mean over all such pairs. MECR grows with cell size, because a larger
     cell collects more transcripts from its neighbours, so ``mecr_area_matched`` computes it within
     quantile bins of cell area and averages over the bins. The bins come from the areas of all
     measured keys together, so that every key is compared at the same sizes, and its value
