@@ -164,7 +164,8 @@ def from_transcript_column(
     if shapes_key is not None:
         shapes = _read_shapes(sdata, shapes_key)
         _check_coordinate_systems(sdata, points_key, shapes_key)
-        known = pd.unique(cell_ids.dropna()[cell_ids.dropna().isin(shapes.index)])
+        assigned = cell_ids.dropna()
+        known = pd.unique(assigned[assigned.isin(shapes.index)])
         prior_ids = pd.Series(known, index=known, dtype="string")
         logger.info("%d of the cells have a polygon in %r.", len(known), shapes_key)
 

@@ -11,7 +11,7 @@ import pandas as pd
 import scanpy as sc
 
 from .. import _constants as C
-from ._counts import cell_counts, counted_points
+from ._counts import CountedPoints, cell_counts, counted_points
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -72,12 +72,37 @@ def find_markers(
     The cells are clustered with scanpy: ``normalize_total``, ``log1p``, ``pca``, ``neighbors`` and
     ``leiden`` (igraph flavour). A gene is a marker of a cluster when at least ``min_detection`` of
     the cluster's cells and at most ``max_other_detection`` of all other cells detect it. A gene
-    that qualifies for several clusters goes to the one where the difference is largest. Several
-    clusters of one cell type share no marker under these rules, so they do not produce pairs of
-    markers of the same type.
+    that qualifies for several clusters goes to the one where the difference is largest. A marker
+    detected in most cells of two clusters fails ``max_other_detection`` when the clusters are
+    large, but two clusters of one cell type can still each keep markers of their own, and their
+    pairs then count as pairs of different types.
     """
     _check_shares(min_detection=min_detection, max_other_detection=max_other_detection)
     points = counted_points(sdata, points_key=points_key, keys=[key], min_qv=min_qv, extra_columns=[])
+    return markers_from_points(
+        points,
+        key=key,
+        min_transcripts=min_transcripts,
+        resolution=resolution,
+        min_detection=min_detection,
+        max_other_detection=max_other_detection,
+        n_markers=n_markers,
+        random_state=random_state,
+    )
+
+
+def markers_from_points(
+    points: CountedPoints,
+    *,
+    key: str,
+    min_transcripts: int = 20,
+    resolution: float = 1.0,
+    min_detection: float = 0.5,
+    max_other_detection: float = 0.2,
+    n_markers: int = 5,
+    random_state: int = 0,
+) -> dict[str, list[str]]:
+    """Run :func:`find_markers` on transcripts already loaded with :func:`counted_points`."""
     counts = cell_counts(points, key)
     clustered = np.asarray(counts.counts.sum(axis=1)).ravel() >= min_transcripts
     if clustered.sum() < 3:

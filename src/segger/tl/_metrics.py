@@ -15,7 +15,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from .. import _constants as C
 from ._counts import CellCounts, CountedPoints, cell_counts, counted_points, segmentation_keys
-from ._markers import find_markers
+from ._markers import markers_from_points
 from ._truth import assignment_accuracy
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ def segmentation_metrics(
     quantile bins of cell area and averages over the bins. The bins come from the areas of all
     measured keys together, so that every key is compared at the same sizes, and its value
     therefore depends on which keys are measured together. The bootstrap resamples cells and marker
-    pairs. For ``contamination``, each cell gets the type whose markers it holds most (cells with
+    pairs. For ``contamination``, each cell gets the type with the most marker transcripts in it (cells with
     no marker are skipped), and a cell's neighbours are its ``n_neighbors`` nearest cells by
     transcript centroid. In the ground-truth figures an unassigned transcript is its own cluster
     for the ARI, and each predicted cell is matched one to one to the true cell holding most of its
@@ -132,12 +132,11 @@ def segmentation_metrics(
     logger.info("Measuring segmentations %s of points %r", keys, points_key)
 
     extra = [C.OVERLAPS_NUCLEUS] + ([truth_column] if truth_column else [])
-    points = counted_points(sdata, points_key=points_key, keys=keys, min_qv=min_qv, extra_columns=extra)
+    reference_key = reference_key or keys[0]
+    loaded = keys if markers is not None or reference_key in keys else [*keys, reference_key]
+    points = counted_points(sdata, points_key=points_key, keys=loaded, min_qv=min_qv, extra_columns=extra)
     if markers is None:
-        reference_key = reference_key or keys[0]
-        markers = find_markers(
-            sdata, key=reference_key, points_key=points_key, min_qv=min_qv, random_state=random_state
-        )
+        markers = markers_from_points(points, key=reference_key, random_state=random_state)
     marker_codes = _marker_codes(markers, points.genes)
 
     counts = {key: cell_counts(points, key) for key in keys}
@@ -243,8 +242,8 @@ def _marker_codes(markers: Mapping[str, Sequence[str]], genes: pd.Index) -> dict
 
 
 def _preview(genes: pd.Index, n: int = 10) -> str:
-    shown = ", ".join(map(str, genes[:n]))
-    return f"{shown}, ..." if len(genes) > n else shown
+    listed = ", ".join(map(str, genes[:n]))
+    return f"{listed}, ..." if len(genes) > n else listed
 
 
 def _cell_areas(sdata: SpatialData, key: str, cell_ids: np.ndarray) -> np.ndarray:
