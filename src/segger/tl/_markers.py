@@ -73,9 +73,9 @@ def find_markers(
     ``leiden`` (igraph flavour). A gene is a marker of a cluster when at least ``min_detection`` of
     the cluster's cells and at most ``max_other_detection`` of all other cells detect it. A gene
     that qualifies for several clusters goes to the one where the difference is largest. A marker
-    detected in most cells of two clusters fails ``max_other_detection`` when the clusters are
-    large, but two clusters of one cell type can still each keep markers of their own, and their
-    pairs then count as pairs of different types.
+    detected in most cells of two large clusters fails ``max_other_detection``. Two clusters of
+    one cell type can still each keep markers of their own, and their pairs then count as pairs
+    of different types.
     """
     _check_shares(min_detection=min_detection, max_other_detection=max_other_detection)
     points = counted_points(sdata, points_key=points_key, keys=[key], min_qv=min_qv, extra_columns=[])
