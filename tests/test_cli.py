@@ -460,3 +460,42 @@ def test_segment_real_cosmx_crop(cosmx_lung_path, tmp_path, capsys, caplog):
     sdata = check_segmentation(output)
     assert sdata.tables["segger_table"].uns["segger"]["params"]["shapes_key"] == "nucleus_boundaries"
     assert leftovers(tmp_path) == []
+
+
+def test_parallel_options_reach_fit(zarr_input, tmp_path, monkeypatch):
+    received = {}
+
+    def record(sdata, **kwargs):
+        received.update(kwargs)
+        msg = "stopped after recording the options"
+        raise ValueError(msg)
+
+    monkeypatch.setattr(sg.tl, "segger_fit", record)
+    options = ["--devices", "2", "--strategy", "ddp", "--precision", "bf16-mixed"]
+    status = main(["segment", str(zarr_input), "-o", str(tmp_path / "out.zarr"), *options, "-q"])
+
+    assert status == 1
+    assert received["devices"] == 2
+    assert received["strategy"] == "ddp"
+    assert received["precision"] == "bf16-mixed"
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_invalid_precision_rejected(tmp_path, capsys):
+    status = main(["segment", "-o", str(tmp_path / "out.zarr"), "--precision", "16"])
+
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "--precision" in err
+    assert "bf16-mixed" in err
+
+
+def test_strategy_with_model_rejected(zarr_input, tmp_path, capsys):
+    model_file = tmp_path / "model.pt"
+    model_file.write_bytes(b"")
+    output = str(tmp_path / "out.zarr")
+
+    status = main(["segment", str(zarr_input), "-o", output, "--model", str(model_file), "--strategy", "ddp"])
+
+    assert status == 2
+    assert "--strategy" in capsys.readouterr().err

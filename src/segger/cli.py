@@ -34,6 +34,7 @@ from .io._cosmx import TRANSCRIPT_PATTERNS as COSMX_TRANSCRIPT_PATTERNS
 from .io._merscope import TRANSCRIPT_FILES as MERSCOPE_TRANSCRIPT_FILES
 from .io._xenium import TRANSCRIPT_FILES
 from .models import Segger
+from .models._training import PRECISIONS, STRATEGIES, global_rank
 from .tl._prepare import _graph_mask, _read_points
 
 if TYPE_CHECKING:
@@ -58,6 +59,9 @@ TRAINING_OPTIONS = {
     "min_qv": "--min-qv",
     "dist_bd": "--dist-bd",
     "max_epochs": "--max-epochs",
+    "devices": "--devices",
+    "strategy": "--strategy",
+    "precision": "--precision",
     "save_model": "--save-model",
 }
 # Options passed on to segger_fit or segger_predict only when given, so that the library defaults
@@ -287,6 +291,35 @@ def _add_segment_command(commands: argparse._SubParsersAction) -> None:
         ),
     )
     training.add_argument(
+        "--devices",
+        type=_positive_int,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help=(
+            "Number of devices to train on: GPUs with --device cuda, or CPU processes with --device cpu "
+            f"(default: {FIT_DEFAULTS['devices']}). Only training uses them; prediction runs on one device."
+        ),
+    )
+    training.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default=argparse.SUPPRESS,
+        help=(
+            "How to train on several devices: ddp starts this command once more per extra device, every "
+            "process trains on its share of the tiles, and the first process writes OUTPUT "
+            f"(default: {FIT_DEFAULTS['strategy']})."
+        ),
+    )
+    training.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=argparse.SUPPRESS,
+        help=(
+            "Numeric precision of training: 16-mixed (GPU only) and bf16-mixed use automatic mixed "
+            "precision. Prediction always runs in float32 (default: float32)."
+        ),
+    )
+    training.add_argument(
         "--save-model",
         default=argparse.SUPPRESS,
         metavar="PATH",
@@ -338,6 +371,10 @@ def _segment_command(args: argparse.Namespace) -> None:
     )
 
     trained = _run_segmentation(sdata, model, options)
+    rank = global_rank()
+    if rank > 0:
+        logger.info("Process %d finished training and writes nothing: process 0 writes OUTPUT.", rank)
+        return
     n_cells, n_assigned, n_eligible = _count_assigned(
         sdata, points_key=args.points_key, key_added=args.key_added, min_qv=trained.settings["min_qv"]
     )
@@ -562,7 +599,8 @@ def _run_segmentation(sdata: SpatialData, model: Segger | None, options: dict[st
         tl.segger_predict(sdata, model, **common)
         return model
 
-    training = {name: options[name] for name in ("min_qv", "dist_bd", "max_epochs") if name in options}
+    names = ("min_qv", "dist_bd", "max_epochs", "devices", "strategy", "precision")
+    training = {name: options[name] for name in names if name in options}
     return tl.segger_fit(sdata, **common, **training)
 
 

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import re
+
+import dask
 import pandas as pd
 import pytest
 
@@ -60,3 +63,51 @@ def test_failed_tile_names_tile(fitted, client, monkeypatch):
         sg.tl.segger_predict(sdata, model, key_added="broken", client=client, progress=False)
 
     assert "broken_cell_id" not in sdata.points["transcripts"].columns
+
+
+def test_dead_worker_names_tile(fitted, monkeypatch):
+    sdata, model = fitted
+    columns = list(sdata.points["transcripts"].columns)
+    elements = sorted(name for _, name, _ in sdata.gen_elements())
+    doomed = 4
+
+    def exit_on_doomed_tile(tile, **kwargs):
+        import os
+
+        from segger.tl._segment import _predict_tile_task
+
+        if tile.index == doomed:
+            os._exit(1)
+        return _predict_tile_task(tile, **kwargs)
+
+    monkeypatch.setattr("segger.tl._segment._predict_tile_task", exit_on_doomed_tile)
+    # The scheduler reads allowed-failures when it starts, so this test gets a cluster of its own.
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+        pytest.raises(
+            RuntimeError, match=r"Prediction failed on the Dask cluster for tile\(s\) \["
+        ) as raised,
+    ):
+        sg.tl.segger_predict(sdata, model, key_added="dead", client=client, progress=False)
+
+    failed = re.search(r"tile\(s\) \[([\d, ]*)\]", str(raised.value)).group(1)
+    assert doomed in [int(index) for index in failed.split(", ")]
+    assert "worker process running these tiles died" in str(raised.value)
+    assert isinstance(raised.value.__cause__, distributed.KilledWorker)
+    assert list(sdata.points["transcripts"].columns) == columns
+    assert sorted(name for _, name, _ in sdata.gen_elements()) == elements
+
+
+def test_default_client_not_used_without_client(fitted, client):
+    sdata, model = fitted
+    assert dask.config.get("scheduler") == "dask.distributed"
+    sg.tl.segger_predict(sdata, model, key_added="local", progress=False)
+    points = sdata.points["transcripts"].compute()
+
+    params = sdata.tables["local_table"].uns["local"]["params"]
+    assert params["scheduler"] == "threads"
+    pd.testing.assert_series_equal(points["local_cell_id"], points["segger_cell_id"], check_names=False)

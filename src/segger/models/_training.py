@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from torch_geometric.data import HeteroData
@@ -21,6 +22,17 @@ from ._links import inside_mask, split_links
 from ._segger import Segger
 
 logger = logging.getLogger(__name__)
+
+# Values of ``precision`` that :func:`train` supports. Mixed precision keeps the weights in float32,
+# so the trained model predicts in float32 like any other. The "-true" half precisions would leave
+# the weights in 16 bits and are not offered.
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
+
+# Values of ``strategy`` that :func:`train` supports. Lightning's "ddp" relaunches the running
+# script once per extra device, and every process keeps its own copy of the history and the best
+# weights. The "ddp_spawn", "ddp_fork" and "ddp_notebook" strategies train in child processes and
+# return only the final weights to the calling process, so the history and best weights are lost.
+STRATEGIES = ("auto", "ddp")
 
 
 @dataclass
@@ -99,21 +111,49 @@ class SeggerModule(L.LightningModule):
         supervised = eligible & (draw < self.settings.supervision_ratio)
 
         loss, _ = self._loss(data, supervised, supervised | validation)
-        if loss is None:
+        if loss is not None:
+            self._log_epoch_mean("train_loss", loss, int(supervised.sum()))
+            return loss
+        if not self._distributed:
             return None
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=int(supervised.sum()))
-        return loss
+
+        # DDP averages the gradients of all processes during backward, so every process must run
+        # one backward per step. A zero loss that touches every parameter contributes zero gradients.
+        zero = sum(parameter.sum() for parameter in self.model.parameters()) * 0.0
+        self._log_epoch_mean("train_loss", zero, 0)
+        return zero
 
     def validation_step(self, data: HeteroData, batch_idx: int) -> None:
         validation = data[TX].validation
         supervised = validation & data[TX].core & inside_mask(data)
         loss, scored = self._loss(data, supervised, validation)
-        if loss is None:
-            return
-        logits, labels, links = scored
-        batch_size = int(supervised.sum())
-        self.log("val_loss", loss, on_step=False, on_epoch=True, batch_size=batch_size)
-        self.log("val_accuracy", _top_candidate_accuracy(logits, labels, links[0]), batch_size=batch_size)
+        if loss is not None:
+            logits, labels, links = scored
+            n_scored = int(supervised.sum())
+            self._log_epoch_mean("val_loss", loss, n_scored)
+            self._log_epoch_mean("val_accuracy", _top_candidate_accuracy(logits, labels, links[0]), n_scored)
+        elif self._distributed:
+            # NOTE: when no process scores a validation link in an epoch, val_loss is 0/0 = NaN and
+            # EarlyStopping stops training, whereas one process logs no val_loss and trains on.
+            zero = torch.zeros((), device=self.device)
+            self._log_epoch_mean("val_loss", zero, 0)
+            self._log_epoch_mean("val_accuracy", zero, 0)
+
+    @property
+    def _distributed(self) -> bool:
+        return self.trainer.world_size > 1
+
+    def _log_epoch_mean(self, name: str, value: torch.Tensor, weight: int) -> None:
+        """Log ``value`` for the epoch mean of ``name``, weighted by ``weight`` scored transcripts.
+
+        With several processes, Lightning sums the weighted values and the weights of all
+        processes at the end of the epoch (``sync_dist``), so every process gets the same
+        transcript-weighted mean. Each process must then log every name the same number of times,
+        which is why the steps log a zero weight where they score no link. Lightning 2.6 divides
+        the summed weights by the number of processes, which truncates an integer sum on the gloo
+        backend, so the weight is passed as a float.
+        """
+        self.log(name, value, on_step=False, on_epoch=True, batch_size=float(weight), sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(
@@ -143,24 +183,38 @@ def _top_candidate_accuracy(
 
 
 class _BestWeights(Callback):
-    """Keep a copy of the weights from the epoch with the lowest validation loss."""
+    """Keep a copy of the weights from the epoch with the lowest validation loss.
+
+    With several processes, the validation loss is the mean over all of them (see
+    :meth:`SeggerModule._log_epoch_mean`), and process 0 decides whether it improved, so that
+    every process keeps the weights of the same epoch. DDP keeps the weights equal across
+    processes, so every process ends training with the same weights.
+    """
 
     def __init__(self) -> None:
         self.best_loss = float("inf")
         self.state: dict[str, torch.Tensor] | None = None
 
     def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        value = trainer.callback_metrics.get("val_loss")
-        if value is None or trainer.sanity_checking or not float(value) < self.best_loss:
+        if trainer.sanity_checking:
             return
-        self.best_loss = float(value)
+        value = trainer.callback_metrics.get("val_loss")
+        improved = value is not None and float(value) < self.best_loss
+        # Every process calls broadcast here, so the collective calls stay matched.
+        if not trainer.strategy.broadcast(improved, src=0):
+            return
+        self.best_loss = float(value) if value is not None else self.best_loss
         self.state = {
             name: tensor.detach().cpu().clone() for name, tensor in module.model.state_dict().items()
         }
 
 
 class _HistoryCallback(Callback):
-    """Collect the per-epoch figures that Lightning logged into a list of rows."""
+    """Collect the per-epoch figures that Lightning logged into a list of rows.
+
+    With several processes, every process collects the same rows, because the logged figures
+    are means over all processes.
+    """
 
     def __init__(self) -> None:
         self.rows: list[dict[str, float]] = []
@@ -227,8 +281,17 @@ def train(
         to their ``tx`` nodes.
     settings
         Optimisation settings.
-    accelerator, devices, strategy, precision
+    accelerator, devices
         Passed to :class:`lightning.Trainer`.
+    strategy
+        ``"auto"`` or ``"ddp"``, passed to :class:`lightning.Trainer`. With ``"ddp"`` and several
+        devices, Lightning starts the running script again for each extra device, every process
+        trains on its share of the tiles each epoch, and each optimiser step averages the
+        gradients of all processes. Every process returns the same weights and history.
+    precision
+        ``None`` (float32), or one of ``"32-true"``, ``"16-mixed"`` and ``"bf16-mixed"``, passed to
+        :class:`lightning.Trainer`. Mixed precision runs matrix products in 16 bits and keeps
+        the weights in float32.
     min_validation_tiles
         Minimum number of tiles for holding out whole tiles for validation rather than labelled links.
     random_state
@@ -239,7 +302,19 @@ def train(
     Returns
     -------
     One row per epoch with ``epoch``, ``step``, ``train_loss``, ``val_loss`` and ``val_accuracy``.
+    With several processes, the losses and the accuracy are means over the transcripts scored by
+    all processes. Lightning's distributed sampler gives every process the same number of tiles
+    by repeating tiles where the count does not divide evenly, and a repeated tile counts again.
+
+    Raises
+    ------
+    ValueError
+        If ``strategy`` or ``precision`` is not a supported value, if ``precision`` is
+        ``"16-mixed"`` with ``accelerator="cpu"``, or if Lightning would train in child processes.
+        Lightning does so for ``strategy="auto"`` with several devices in a notebook, where it
+        picks ``"ddp_fork"``.
     """
+    check_parallel_options(strategy=strategy, precision=precision, accelerator=accelerator)
     L.seed_everything(random_state, workers=True, verbose=False)
     model.reset_parameters()
 
@@ -272,6 +347,22 @@ def train(
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
+    if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+        msg = (
+            f"Lightning chose the strategy {type(trainer.strategy).__name__} with processes started by "
+            "fork or spawn, which return only the final weights to this process and lose the training "
+            "history and the best weights. Train on several devices from a Python script, not a notebook, "
+            "with strategy='ddp', or use devices=1."
+        )
+        raise ValueError(msg)
+    if trainer.world_size > len(training):
+        logger.warning(
+            "Only %d training tile(s) for %d processes: Lightning's distributed sampler repeats tiles so "
+            "that every process gets one, and the extra processes add no new data. Use a smaller tile_size "
+            "or fewer devices.",
+            len(training),
+            trainer.world_size,
+        )
     trainer.fit(
         module,
         train_dataloaders=_loader(training, shuffle=True, random_state=random_state),
@@ -287,3 +378,40 @@ def _loader(tiles: Sequence[HeteroData], *, shuffle: bool, random_state: int) ->
     generator = torch.Generator()
     generator.manual_seed(random_state)
     return DataLoader(list(tiles), batch_size=None, shuffle=shuffle, generator=generator, num_workers=0)
+
+
+def parallel_option_problems(*, strategy: str, precision: str | None, accelerator: str) -> list[str]:
+    """Return a description of each unsupported value among ``strategy`` and ``precision``.
+
+    ``accelerator`` is the Lightning accelerator (``"cpu"``, ``"gpu"`` or ``"auto"``). Float16
+    mixed precision is rejected on the CPU, where Lightning would switch to bfloat16 with a warning.
+    """
+    problems = []
+    if strategy not in STRATEGIES:
+        if isinstance(strategy, str) and strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")):
+            problems.append(
+                f"strategy={strategy!r} trains in child processes that return only the final weights, "
+                "losing the training history and the best weights, so use strategy='ddp' from a Python script"
+            )
+        else:
+            problems.append(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
+    if precision is not None and precision not in PRECISIONS:
+        problems.append(f"precision must be None or one of {list(PRECISIONS)}, got {precision!r}")
+    elif precision == "16-mixed" and accelerator == "cpu":
+        problems.append("precision='16-mixed' needs a CUDA device, so on the CPU use precision='bf16-mixed'")
+    return problems
+
+
+def check_parallel_options(*, strategy: str, precision: str | None, accelerator: str) -> None:
+    """Raise ValueError unless ``strategy`` and ``precision`` are values that :func:`train` supports."""
+    problems = parallel_option_problems(strategy=strategy, precision=precision, accelerator=accelerator)
+    if problems:
+        msg = "Invalid option(s): " + "; ".join(problems) + "."
+        raise ValueError(msg)
+
+
+def global_rank() -> int:
+    """Return this process's rank among the processes of distributed training, 0 without it."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from functools import partial
 from typing import Any, Literal
 
+import dask
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
 import torch
+from dask.callbacks import Callback
+from dask.system import CPU_COUNT
 from spatialdata import SpatialData
 from tqdm.auto import tqdm
 
@@ -43,10 +49,23 @@ logger = logging.getLogger(__name__)
 
 FRAGMENT_PREFIX = "segger-"
 
+# Dask's names for its local schedulers, mapped to the two that can predict tiles. The process
+# pool is left out because each of its tasks would copy the model and the slide's arrays.
+LOCAL_SCHEDULERS = {
+    "threads": "threads",
+    "threading": "threads",
+    "sync": "synchronous",
+    "synchronous": "synchronous",
+    "single-threaded": "synchronous",
+}
+DEFAULT_SCHEDULER = "threads"
+
 # Default training budget. On 1 M synthetic transcripts (54 training tiles), a fixed 400 steps
 # left the model about 1.5 points less accurate than on 100 k; 15 passes over the tiles closed it.
 MIN_TRAINING_STEPS = 400
 MIN_TRAINING_PASSES = 15
+# Transcript-to-shape links measured at once when choosing among candidates.
+_DISTANCE_CHUNK = 200_000
 
 
 @contextmanager
@@ -96,7 +115,10 @@ def segger_fit(
     max_train_tiles: int = 64,
     device: Literal["auto", "cpu", "cuda"] | str = "auto",
     devices: int | str = 1,
+    strategy: str = "auto",
+    precision: str | None = None,
     client: Any | None = None,
+    scheduler: str | None = None,
     random_state: int = 0,
     overwrite: bool = False,
     progress: bool = True,
@@ -162,11 +184,33 @@ def segger_fit(
     device
         ``"auto"`` uses CUDA when available.
     devices
-        Number of devices for training, passed to Lightning.
+        Number of devices for training, passed to Lightning. With ``strategy="ddp"``, each
+        optimiser step trains on one tile per device, so ``max_steps`` counts steps, not tiles.
+    strategy
+        How Lightning trains on several devices: ``"auto"`` (one device, or Lightning's choice for
+        several) or ``"ddp"`` (distributed data parallel). With ``"ddp"`` and ``devices=n``,
+        Lightning starts the running script again in ``n - 1`` new processes, so call it from a
+        Python script, not a notebook. Every process loads the slide and builds its graph.
+        Every process ends training with the same weights and ``history``. Only process 0
+        (global rank 0) then segments the slide and writes into ``sdata``. The others return the
+        trained model and leave their ``sdata`` unchanged. ``"ddp_spawn"``, ``"ddp_fork"`` and
+        ``"ddp_notebook"`` are rejected, because their processes return only the final weights.
+    precision
+        ``None`` trains in float32. ``"bf16-mixed"`` (CPU or GPU) and ``"16-mixed"`` (GPU only)
+        train with automatic mixed precision, which runs matrix products in 16 bits to save GPU
+        memory and time (not measured for segger). ``"32-true"`` is float32. Mixed precision
+        applies to training only: the weights stay float32, and prediction runs in float32.
     client
         A ``dask.distributed.Client``. When given, the tiles' graphs are built and predicted as
         tasks on its workers, on their CPUs, and the labels equal those of a run without it.
-        ``None`` predicts the tiles one after another in this process.
+        ``None`` predicts them as tasks of a Dask scheduler in this process (see ``scheduler``).
+    scheduler
+        Dask scheduler that predicts the tiles in this process when ``client`` is ``None``:
+        ``"threads"`` (a pool of Dask's ``num_workers`` threads, by default one per core) or
+        ``"synchronous"`` (one tile at a time on one core, in the calling thread, for example
+        to debug). ``None`` takes Dask's configured scheduler (``dask.config.set(scheduler=...)``)
+        when it is one of these, and ``"threads"`` otherwise. The labels do not depend on it. On
+        CUDA, the threads build the tiles' graphs in parallel, but the model runs one tile at a time.
     random_state
         Seed for numpy and torch.
     overwrite
@@ -177,7 +221,7 @@ def segger_fit(
     Returns
     -------
     The trained :class:`segger.models.Segger`, with ``history`` and the settings used.
-    Writes into ``sdata``:
+    Writes into ``sdata``, except in processes other than 0 of ``strategy="ddp"`` training:
 
     - points ``points_key``: columns ``{key_added}_cell_id`` and ``{key_added}_score``;
     - shapes ``{key_added}_boundaries``: one polygon per cell;
@@ -198,7 +242,10 @@ def segger_fit(
         num_layers=num_layers,
         tile_size=tile_size,
         max_epochs=max_epochs,
+        strategy=strategy,
+        precision=precision,
     )
+    scheduler = _resolve_scheduler(scheduler, client)
     check_outputs_free(sdata, key_added=key_added, points_key=points_key, overwrite=overwrite)
     _seed(random_state)
     prepared = prepare(
@@ -245,6 +292,9 @@ def segger_fit(
         "max_steps": max_steps,
         "learning_rate": learning_rate,
         "max_train_tiles": max_train_tiles,
+        "devices": devices,
+        "strategy": strategy,
+        "precision": precision,
         "random_state": random_state,
     }
 
@@ -266,9 +316,12 @@ def segger_fit(
         training,
         accelerator=accelerator,
         devices=devices,
+        strategy=strategy,
+        precision=precision,
         random_state=random_state,
         progress_bar=progress,
     )
+    del tiles  # the training graphs are not needed for prediction, which builds its own
     logger.info("Trained for %d epoch(s) in %.1f s.", len(model.history), time.perf_counter() - phase)
     if model.history.empty or model.history["train_loss"].isna().all():
         msg = (
@@ -277,6 +330,11 @@ def segger_fit(
             "them. Fit on a larger region, or apply a trained model with `sg.tl.segger_predict`."
         )
         raise ValueError(msg)
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if distributed else 0
+    if rank > 0:
+        logger.info("Process %d finished training and leaves sdata unchanged: process 0 segments.", rank)
+        return model
 
     _segment(
         sdata,
@@ -293,6 +351,7 @@ def segger_fit(
         tile_size=tile_size,
         device=device,
         client=client,
+        scheduler=scheduler,
         overwrite=overwrite,
         progress=progress,
         params=params,
@@ -316,6 +375,7 @@ def segger_predict(
     tile_size: float | None = None,
     device: Literal["auto", "cpu", "cuda"] | str = "auto",
     client: Any | None = None,
+    scheduler: str | None = None,
     random_state: int = 0,
     overwrite: bool = False,
     progress: bool = True,
@@ -339,7 +399,14 @@ def segger_predict(
     client
         A ``dask.distributed.Client``. When given, the tiles' graphs are built and predicted as
         tasks on its workers, on their CPUs, and the labels equal those of a run without it.
-        ``None`` predicts the tiles one after another in this process.
+        ``None`` predicts them as tasks of a Dask scheduler in this process (see ``scheduler``).
+    scheduler
+        Dask scheduler that predicts the tiles in this process when ``client`` is ``None``:
+        ``"threads"`` (a pool of Dask's ``num_workers`` threads, by default one per core) or
+        ``"synchronous"`` (one tile at a time on one core, in the calling thread, for example
+        to debug). ``None`` takes Dask's configured scheduler (``dask.config.set(scheduler=...)``)
+        when it is one of these, and ``"threads"`` otherwise. The labels do not depend on it. On
+        CUDA, the threads build the tiles' graphs in parallel, but the model runs one tile at a time.
     random_state
         Seed for numpy and torch.
     overwrite
@@ -352,6 +419,7 @@ def segger_predict(
     None. Writes the same elements and columns into ``sdata`` as :func:`segger_fit`.
     """
     start = time.perf_counter()
+    scheduler = _resolve_scheduler(scheduler, client)
     check_outputs_free(sdata, key_added=key_added, points_key=points_key, overwrite=overwrite)
     _seed(random_state)
     stored = model.settings
@@ -404,6 +472,7 @@ def segger_predict(
         key_added=key_added,
         device=device,
         client=client,
+        scheduler=scheduler,
         overwrite=overwrite,
         progress=progress,
         params=params,
@@ -428,11 +497,13 @@ def _segment(
     tile_size: float,
     device: str,
     client: Any | None,
+    scheduler: str,
     overwrite: bool,
     progress: bool,
     params: dict[str, Any],
 ) -> None:
     """Predict every tile, form cells from leftover transcripts, and write the result back."""
+    params = {**params, "scheduler": "dask.distributed" if client is not None else scheduler}
     phase = time.perf_counter()
     links, embeddings = _predict_tiles(
         model,
@@ -441,6 +512,7 @@ def _segment(
         tile_size=tile_size,
         device=_torch_device(device),
         client=client,
+        scheduler=scheduler,
         progress=progress,
     )
     sources, targets, link_scores = links
@@ -502,6 +574,41 @@ def _segment(
     )
 
 
+def _resolve_scheduler(scheduler: str | None, client: Any | None) -> str:
+    """Return the local Dask scheduler that predicts the tiles: ``"threads"`` or ``"synchronous"``.
+
+    ``None`` takes Dask's configured ``scheduler`` (``dask.config.set(scheduler=...)``) when it
+    names one of these two, and :data:`DEFAULT_SCHEDULER` otherwise. So a configured process pool
+    is never used, and a running ``dask.distributed`` client only when passed as ``client``.
+
+    Raises
+    ------
+    ValueError
+        For any other name, and when ``client`` is given as well.
+    """
+    if scheduler is not None and client is not None:
+        msg = (
+            f"scheduler={scheduler!r} and client={client!r} were both given; pass scheduler= to "
+            "predict in this process, or client= to predict on a dask.distributed cluster."
+        )
+        raise ValueError(msg)
+
+    if scheduler is None:
+        configured = dask.config.get("scheduler", None)
+        if isinstance(configured, str) and configured.lower() in LOCAL_SCHEDULERS:
+            return LOCAL_SCHEDULERS[configured.lower()]
+        return DEFAULT_SCHEDULER
+
+    if not isinstance(scheduler, str) or scheduler.lower() not in LOCAL_SCHEDULERS:
+        msg = (
+            f"scheduler must be one of {sorted(LOCAL_SCHEDULERS)} or None, got {scheduler!r}. "
+            "To predict in several processes or on several machines, pass a dask.distributed "
+            "Client as client=."
+        )
+        raise ValueError(msg)
+    return LOCAL_SCHEDULERS[scheduler.lower()]
+
+
 def _predict_tiles(
     model: Segger,
     inputs: GraphInputs,
@@ -510,34 +617,35 @@ def _predict_tiles(
     tile_size: float,
     device: torch.device,
     client: Any | None,
+    scheduler: str,
     progress: bool,
 ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
-    """Return the scored candidate links (sources, targets, scores) and the transcript embeddings."""
+    """Return the scored candidate links (sources, targets, scores) and the transcript embeddings.
+
+    The links are concatenated in tile order whatever order the tiles finish in, because ties
+    in :func:`~segger.models.select_candidates` go to the earlier link.
+    """
+    grid = TileGrid.from_positions(inputs.positions[:, :2], tile_size=tile_size, margin=settings.margin)
+    tiles = list(grid.tiles(inputs.positions[:, :2], inputs.shape_centroids))
+    if client is None:
+        results = _predict_tiles_locally(
+            model, inputs, settings, tiles, device=device, scheduler=scheduler, progress=progress
+        )
+    else:
+        results = _predict_tiles_on_client(client, model, inputs, settings, tiles, progress=progress)
+    _log_tile_summary(grid, results, settings)
+
     n = inputs.n_transcripts
     embeddings = np.zeros((n, model.embedding_size), dtype=np.float32)
     predicted = np.zeros(n, dtype=bool)
     sources, targets, scores = [], [], []
-
-    grid = TileGrid.from_positions(inputs.positions[:, :2], tile_size=tile_size, margin=settings.margin)
-    tiles = grid.tiles(inputs.positions[:, :2], inputs.shape_centroids)
-    if client is None:
-        model.to(device)
-        results = (
-            predict_tile(model, build_tile_graph(inputs, tile, settings), k_bd=settings.k_bd, device=device)
-            for tile in tiles
-        )
-    else:
-        results = _predict_tiles_on_client(client, model, inputs, settings, list(tiles))
-
-    for result in tqdm(
-        results, total=grid.n_tiles, desc="Predicting tiles", disable=not progress, leave=False
-    ):
+    for result in results:
         embeddings[result.transcripts] = result.embeddings
         predicted[result.transcripts] = True
         sources.append(result.sources)
         targets.append(result.targets)
         scores.append(result.scores)
-    model.cpu()
+    del results
 
     if not predicted.all():
         msg = (
@@ -552,25 +660,153 @@ def _predict_tiles(
     return links, embeddings
 
 
+def _log_tile_summary(grid: TileGrid, results: list[TilePrediction], settings: GraphSettings) -> None:
+    """Log how many tiles were empty and how many had no candidate shape for any core transcript."""
+    unreached = [result for result in results if len(result.sources) == 0]
+    logger.info(
+        "Predicted %d of %d tiles: %d contained no transcripts, %d had no prior shape within dist_bd = "
+        "%.1f µm (their %d transcripts go to the fragment step).",
+        len(results),
+        grid.n_tiles,
+        grid.n_tiles - len(results),
+        len(unreached),
+        settings.dist_bd,
+        sum(len(result.transcripts) for result in unreached),
+    )
+
+
+def _predict_tiles_locally(
+    model: Segger,
+    inputs: GraphInputs,
+    settings: GraphSettings,
+    tiles: list[Tile],
+    *,
+    device: torch.device,
+    scheduler: str,
+    progress: bool,
+) -> list[TilePrediction]:
+    """Build and predict every tile as a task of Dask's local ``scheduler``, in tile order.
+
+    Each task builds its tile's graph and drops it once predicted, so at most one graph per
+    thread is alive. On CUDA, graphs are built in parallel but one task at a time runs the model.
+    """
+    model.to(device)
+    # NOTE: the CUDA path, with its lock, has only been run on machines without a GPU.
+    model_lock = threading.Lock() if device.type == "cuda" else nullcontext()
+    task = dask.delayed(
+        partial(
+            _predict_tile_task,
+            model=model,
+            inputs=inputs,
+            settings=settings,
+            device=device,
+            model_lock=model_lock,
+        ),
+        pure=False,
+    )
+    delayed_results = [task(tile, dask_key_name=f"segger-tile-{tile.index}") for tile in tiles]
+
+    try:
+        with (
+            tqdm(total=len(tiles), desc="Predicting tiles", disable=not progress, leave=False) as bar,
+            Callback(posttask=lambda *_: bar.update()),
+        ):
+            if scheduler == "synchronous":
+                (results,) = dask.compute(delayed_results, scheduler="synchronous")
+            else:
+                with _tile_thread_pool(len(tiles)) as pool:
+                    (results,) = dask.compute(delayed_results, scheduler=pool)
+    finally:
+        model.cpu()
+    return list(results)
+
+
+@contextmanager
+def _tile_thread_pool(n_tiles: int) -> Iterator[ThreadPoolExecutor]:
+    """Yield a pool of Dask's ``num_workers`` threads (by default one per core), at most one per tile.
+
+    Each pool thread runs torch on one intra-op thread (see :func:`_one_torch_thread`), so the
+    pool's threads do not compete with torch's own threads for the cores.
+    """
+    torch_threads = torch.get_num_threads()
+    n_workers = max(1, min(int(dask.config.get("num_workers", None) or CPU_COUNT), n_tiles))
+    pool = ThreadPoolExecutor(
+        n_workers, thread_name_prefix="segger-tile", initializer=torch.set_num_threads, initargs=(1,)
+    )
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True)
+        # torch.set_num_threads in any thread also sets the count that threads started later get.
+        torch.set_num_threads(torch_threads)
+
+
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread in the calling thread, restoring its thread count afterwards.
+
+    Reductions split over several threads round differently: on ``sg.datasets.toy(n_cells=2000)``,
+    scores from one and two threads differed by up to 1.5e-8. One thread in every task makes the
+    labels independent of the scheduler, the core count and the Dask workers' thread settings.
+    The cost: a slide with fewer tiles than cores leaves the other cores idle.
+    """
+    previous = torch.get_num_threads()
+    if previous == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _predict_tiles_on_client(
-    client: Any, model: Segger, inputs: GraphInputs, settings: GraphSettings, tiles: list[Tile]
+    client: Any,
+    model: Segger,
+    inputs: GraphInputs,
+    settings: GraphSettings,
+    tiles: list[Tile],
+    *,
+    progress: bool = False,
 ) -> list[TilePrediction]:
     """Build and predict every tile as a task of a ``dask.distributed`` client, in tile order.
 
     The model and the graph inputs are sent to every worker once. Workers predict on their CPU.
     """
+    from distributed import as_completed
+
     logger.info("Predicting %d tiles on the Dask client %s.", len(tiles), client)
     model_future, inputs_future = client.scatter([model.cpu(), inputs], broadcast=True)
     futures = client.map(
         _predict_tile_task, tiles, model=model_future, inputs=inputs_future, settings=settings, pure=False
     )
+    with tqdm(total=len(tiles), desc="Predicting tiles", disable=not progress, leave=False) as bar:
+        for _ in as_completed(futures):
+            bar.update()
     try:
         return client.gather(futures)
     except Exception as error:
         # gather raises at the first failed task, so wait for the others to list every failed tile.
         failed = [tile.index for tile, future in zip(tiles, futures, strict=True) if _task_failed(future)]
         msg = f"Prediction failed on the Dask cluster for tile(s) {failed or 'unknown'}: {error!r}"
+        if _is_killed_worker(error):
+            msg += (
+                ". The worker process running these tiles died on every attempt that "
+                "distributed.scheduler.allowed-failures allows, which usually means it ran out of "
+                "memory or crashed in native code. The worker logs show the cause; give workers "
+                "more memory or use a smaller tile_size."
+            )
         raise RuntimeError(msg) from error
+
+
+def _is_killed_worker(error: BaseException) -> bool:
+    """Return whether ``error`` is distributed's ``KilledWorker``: a task whose workers all died."""
+    try:
+        from distributed import KilledWorker
+    except ImportError:
+        return False
+    return isinstance(error, KilledWorker)
 
 
 def _task_failed(future: Any) -> bool:
@@ -582,19 +818,42 @@ def _task_failed(future: Any) -> bool:
 
 
 def _predict_tile_task(
-    tile: Tile, *, model: Segger, inputs: GraphInputs, settings: GraphSettings
+    tile: Tile,
+    *,
+    model: Segger,
+    inputs: GraphInputs,
+    settings: GraphSettings,
+    device: torch.device | str = "cpu",
+    model_lock: AbstractContextManager | None = None,
 ) -> TilePrediction:
-    """Build one tile's graph and predict it on the CPU; a Dask task of :func:`_predict_tiles_on_client`."""
-    with torch.inference_mode():
-        return predict_tile(model, build_tile_graph(inputs, tile, settings), k_bd=settings.k_bd, device="cpu")
+    """Build one tile's graph and predict it, as the Dask task of both the local and the distributed path.
+
+    ``model_lock``, when given, is held while the model runs, so that tasks in threads sharing
+    one GPU run it one at a time.
+    """
+    try:
+        data = build_tile_graph(inputs, tile, settings)
+        with model_lock or nullcontext(), _one_torch_thread(), torch.inference_mode():
+            return predict_tile(model, data, k_bd=settings.k_bd, device=device)
+    except Exception as error:
+        error.add_note(f"Raised while predicting segger tile {tile.index}, core bounds {tile.bounds} µm.")
+        raise
 
 
 def _boundary_distances(
     positions: np.ndarray, shapes: gpd.GeoDataFrame, sources: np.ndarray, targets: np.ndarray
 ) -> np.ndarray:
-    """Return the distance (µm) from each link's transcript to its shape's boundary, 0 inside."""
-    points = shapely.points(positions[sources, 0], positions[sources, 1])
-    return shapely.distance(points, shapes.geometry.to_numpy()[targets])
+    """Return the distance (µm) from each link's transcript to its shape's boundary, 0 inside.
+
+    Links are measured in chunks, because a shapely point costs about a hundred bytes.
+    """
+    polygons = shapes.geometry.to_numpy()
+    distances = np.empty(len(sources), dtype=np.float64)
+    for start in range(0, len(sources), _DISTANCE_CHUNK):
+        chunk = slice(start, start + _DISTANCE_CHUNK)
+        points = shapely.points(positions[sources[chunk], 0], positions[sources[chunk], 1])
+        distances[chunk] = shapely.distance(points, polygons[targets[chunk]])
+    return distances
 
 
 def _cell_ids(
@@ -751,8 +1010,13 @@ def _check_options(
     num_layers: int | None = None,
     tile_size: float | None = None,
     max_epochs: int | None = None,
+    strategy: str | None = None,
+    precision: str | None = None,
 ) -> None:
-    """Raise ValueError for option values that would fail late or give a meaningless result."""
+    """Raise ValueError for option values that would fail late or give a meaningless result.
+
+    ``strategy`` and ``precision`` are checked when ``strategy`` is given.
+    """
     problems = []
     if not 0.0 <= score_cut <= 1.0:
         problems.append(f"score_cut must lie in [0, 1], got {score_cut!r}")
@@ -777,6 +1041,12 @@ def _check_options(
         problems.append(
             f"device={device!r} was requested but torch finds no CUDA device; use 'auto' or 'cpu'"
         )
+    if strategy is not None:
+        from ..models._training import parallel_option_problems
+
+        on_gpu = str(device).startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        accelerator = "gpu" if on_gpu else "cpu"
+        problems += parallel_option_problems(strategy=strategy, precision=precision, accelerator=accelerator)
 
     if problems:
         msg = "Invalid option(s): " + "; ".join(problems) + "."
