@@ -267,7 +267,11 @@ def test_best_weights_keeps_lowest_loss():
     callback = _BestWeights()
     for loss, weight in ((0.5, 1.0), (0.2, 2.0), (0.4, 3.0)):
         network.weight.data.fill_(weight)
-        trainer = SimpleNamespace(callback_metrics={"val_loss": torch.tensor(loss)}, sanity_checking=False)
+        trainer = SimpleNamespace(
+            callback_metrics={"val_loss": torch.tensor(loss)},
+            sanity_checking=False,
+            strategy=SimpleNamespace(broadcast=lambda value, src=0: value),  # one process
+        )
         callback.on_validation_epoch_end(trainer, module)
 
     assert callback.best_loss == pytest.approx(0.2)

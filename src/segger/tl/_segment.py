@@ -38,6 +38,7 @@ from ..models import (
     TilePrediction,
     TrainingSettings,
     fragment_cells,
+    links_to_measure,
     predict_tile,
     select_candidates,
     train,
@@ -516,7 +517,13 @@ def _segment(
         progress=progress,
     )
     sources, targets, link_scores = links
-    distances = _boundary_distances(inputs.positions, prepared.shapes, sources, targets)
+    measured = links_to_measure(
+        sources, link_scores, n_transcripts=inputs.n_transcripts, score_cut=score_cut, rule=assignment
+    )
+    distances = np.full(len(sources), np.nan)
+    distances[measured] = _boundary_distances(
+        inputs.positions, prepared.shapes, sources[measured], targets[measured]
+    )
     best_shape, best_score = select_candidates(
         sources,
         targets,
@@ -845,14 +852,20 @@ def _boundary_distances(
 ) -> np.ndarray:
     """Return the distance (µm) from each link's transcript to its shape's boundary, 0 inside.
 
-    Links are measured in chunks, because a shapely point costs about a hundred bytes.
+    Links are measured in chunks, because a shapely point costs about a hundred bytes, on one
+    thread per core, because shapely releases the GIL while it measures.
     """
     polygons = shapes.geometry.to_numpy()
     distances = np.empty(len(sources), dtype=np.float64)
-    for start in range(0, len(sources), _DISTANCE_CHUNK):
+
+    def measure(start: int) -> None:
         chunk = slice(start, start + _DISTANCE_CHUNK)
         points = shapely.points(positions[sources[chunk], 0], positions[sources[chunk], 1])
         distances[chunk] = shapely.distance(points, polygons[targets[chunk]])
+
+    starts = range(0, len(sources), _DISTANCE_CHUNK)
+    with ThreadPoolExecutor(max(1, min(CPU_COUNT, len(starts)))) as pool:
+        list(pool.map(measure, starts))
     return distances
 
 
