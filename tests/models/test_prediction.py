@@ -6,7 +6,14 @@ import torch
 from torch import nn
 
 from segger.graph import BD, TX, GraphInputs, GraphSettings, TileGrid, build_tile_graph
-from segger.models import Segger, TilePrediction, fragment_cells, predict_tile, select_candidates
+from segger.models import (
+    Segger,
+    TilePrediction,
+    fragment_cells,
+    links_to_measure,
+    predict_tile,
+    select_candidates,
+)
 
 
 def _sigmoid(value: float) -> float:
@@ -209,6 +216,55 @@ def test_select_no_links():
 def test_select_bad_rule_raises(hand_graph):
     with pytest.raises(ValueError, match="rule must be 'nearest' or 'score'"):
         _select(_predict(hand_graph, k_bd=2), rule="best")
+
+
+def _select_by_full_sort(sources, targets, scores, distances, n_transcripts, score_cut, rule):
+    """Reference choice: sort every link by (source, -score) or (source, distance, -score)."""
+    chosen = np.full(n_transcripts, -1, dtype=np.int64)
+    best = np.full(n_transcripts, np.nan, dtype=np.float32)
+    for source in np.unique(sources):
+        links = np.flatnonzero(sources == source)
+        by_score = links[np.lexsort((-scores[links],))]
+        best[source] = scores[by_score[0]]
+        accepted = links[scores[links] >= score_cut]
+        if len(accepted) == 0:
+            continue
+        if rule == "score":
+            pick = by_score[0] if scores[by_score[0]] >= score_cut else None
+        else:
+            pick = accepted[np.lexsort((-scores[accepted], distances[accepted]))][0]
+        if pick is not None:
+            chosen[source] = targets[pick]
+            best[source] = scores[pick]
+    return chosen, best
+
+
+@pytest.mark.parametrize("rule", ["score", "nearest"])
+def test_select_equals_full_sort_with_ties_and_unmeasured_links(rule):
+    rng = np.random.default_rng(3)
+    levels = np.array([0.0, 0.04, 0.05, 0.5, 0.9, 1.0], dtype=np.float32)
+    for _ in range(100):
+        n = int(rng.integers(1, 40))
+        e = int(rng.integers(0, 200))
+        sources = rng.integers(0, n, e)
+        targets = rng.integers(0, 15, e)
+        scores = rng.choice(levels, e)
+        distances = rng.choice(np.array([0.0, 0.5, 2.0]), e)
+        measured = links_to_measure(sources, scores, n_transcripts=n, score_cut=0.05, rule=rule)
+        chosen, best = select_candidates(
+            sources,
+            targets,
+            scores,
+            np.where(measured, distances, np.nan),
+            n_transcripts=n,
+            score_cut=0.05,
+            rule=rule,
+        )
+        expected_chosen, expected_best = _select_by_full_sort(
+            sources, targets, scores, distances, n, 0.05, rule
+        )
+        np.testing.assert_array_equal(chosen, expected_chosen)
+        np.testing.assert_array_equal(best, expected_best)
 
 
 def test_core_scores_independent_of_tiling(tiny_model):
