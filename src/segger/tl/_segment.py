@@ -43,6 +43,7 @@ from ..models import (
     select_candidates,
     train,
 )
+from ..models._training import global_rank, parallel_option_problems
 from ._prepare import PreparedData, prepare
 from ._writeback import check_outputs_free, write_segmentation
 
@@ -331,8 +332,7 @@ def segger_fit(
             "them. Fit on a larger region, or apply a trained model with `sg.tl.segger_predict`."
         )
         raise ValueError(msg)
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    rank = torch.distributed.get_rank() if distributed else 0
+    rank = global_rank()
     if rank > 0:
         logger.info("Process %d finished training and leaves sdata unchanged: process 0 segments.", rank)
         return model
@@ -1055,8 +1055,6 @@ def _check_options(
             f"device={device!r} was requested but torch finds no CUDA device; use 'auto' or 'cpu'"
         )
     if strategy is not None:
-        from ..models._training import parallel_option_problems
-
         on_gpu = str(device).startswith("cuda") or (device == "auto" and torch.cuda.is_available())
         accelerator = "gpu" if on_gpu else "cpu"
         problems += parallel_option_problems(strategy=strategy, precision=precision, accelerator=accelerator)
