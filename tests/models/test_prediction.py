@@ -240,7 +240,7 @@ def _select_by_full_sort(sources, targets, scores, distances, n_transcripts, sco
 
 
 @pytest.mark.parametrize("rule", ["score", "nearest"])
-def test_select_equals_full_sort_with_ties_and_unmeasured_links(rule):
+def test_select_matches_full_sort(rule):
     rng = np.random.default_rng(3)
     levels = np.array([0.0, 0.04, 0.05, 0.5, 0.9, 1.0], dtype=np.float32)
     for _ in range(100):

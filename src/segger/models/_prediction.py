@@ -148,7 +148,7 @@ def links_to_measure(
 
     With ``"nearest"``, distance decides only between accepted candidates of one transcript, so
     the links of transcripts with fewer than two accepted candidates need none. With ``"score"``,
-    no link does. On the 100k synthetic benchmark tissue, about a third of the links are selected.
+    no link does. On the 100k synthetic benchmark tissue, 36 % of the links were selected.
     """
     if rule != "nearest":
         return np.zeros(len(sources), dtype=bool)
@@ -161,8 +161,8 @@ def _top_score_per_source(sources: np.ndarray, scores: np.ndarray) -> np.ndarray
     """Return the position of each source's highest-scoring link, the first one among equal scores.
 
     The result equals ``_first_per_source(sources, (-scores,))``. For float32 scores of at least
-    0, as sigmoids are, it sorts one integer key made of the source and the score's bits, which
-    took a fifth of the time of :func:`numpy.lexsort` on 12 million links.
+    0, as sigmoids are, it sorts one integer key made of the source and the score's bits. On 12
+    million links this took a fifth to two fifths of the time of :func:`numpy.lexsort`.
     """
     fits = (
         scores.dtype == np.float32
@@ -176,10 +176,7 @@ def _top_score_per_source(sources: np.ndarray, scores: np.ndarray) -> np.ndarray
     # For floats of at least 0, the bits as unsigned integers sort as the values do.
     descending = np.uint64(0xFFFFFFFF) - scores.view(np.uint32).astype(np.uint64)
     key = (sources.astype(np.uint64) << np.uint64(32)) | descending
-    order = np.argsort(key, kind="stable")
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = sources[order][1:] != sources[order][:-1]
-    return order[first]
+    return _first_in_order(sources, np.argsort(key, kind="stable"))
 
 
 def _first_per_source(sources: np.ndarray, keys: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -190,9 +187,14 @@ def _first_per_source(sources: np.ndarray, keys: tuple[np.ndarray, ...]) -> np.n
     """
     if len(sources) == 0:
         return np.empty(0, dtype=np.int64)
-    order = np.lexsort((*keys, sources))
+    return _first_in_order(sources, np.lexsort((*keys, sources)))
+
+
+def _first_in_order(sources: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Return the positions in ``order``, which groups links by source, that start a new source."""
+    grouped = sources[order]
     first = np.ones(len(order), dtype=bool)
-    first[1:] = sources[order][1:] != sources[order][:-1]
+    first[1:] = grouped[1:] != grouped[:-1]
     return order[first]
 
 
