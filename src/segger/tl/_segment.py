@@ -6,14 +6,14 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
 import dask
-import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
@@ -506,42 +506,31 @@ def _segment(
     """Predict every tile, form cells from leftover transcripts, and write the result back."""
     params = {**params, "scheduler": "dask.distributed" if client is not None else scheduler}
     phase = time.perf_counter()
-    links, embeddings = _predict_tiles(
+    predicted = _predict_tiles(
         model,
         inputs,
         settings,
+        prepared.shapes.geometry.to_numpy(),
+        rule=_AssignmentRule(score_cut=score_cut, rule=assignment),
         tile_size=tile_size,
         device=_torch_device(device),
         client=client,
         scheduler=scheduler,
         progress=progress,
     )
-    sources, targets, link_scores = links
-    measured = links_to_measure(
-        sources, link_scores, n_transcripts=inputs.n_transcripts, score_cut=score_cut, rule=assignment
+    logger.info(
+        "Predicted and scored %d candidate links in %.1f s.", predicted.n_links, time.perf_counter() - phase
     )
-    distances = np.full(len(sources), np.nan)
-    distances[measured] = _boundary_distances(
-        inputs.positions, prepared.shapes, sources[measured], targets[measured]
-    )
-    best_shape, best_score = select_candidates(
-        sources,
-        targets,
-        link_scores,
-        distances,
-        n_transcripts=inputs.n_transcripts,
-        score_cut=score_cut,
-        rule=assignment,
-    )
-    logger.info("Scored %d candidate links in %.1f s.", len(sources), time.perf_counter() - phase)
 
     phase = time.perf_counter()
+    best_shape, best_score = predicted.shape, predicted.score
     assigned = best_shape >= 0
+    leftover = predicted.leftover
     transcript_ids = _transcript_ids(prepared.points)[prepared.in_graph]
     fragments = fragment_cells(
-        inputs.positions[~assigned],
-        embeddings[~assigned],
-        transcript_ids[~assigned],
+        inputs.positions[leftover],
+        predicted.leftover_embeddings,
+        transcript_ids[leftover],
         k=settings.k_tx,
         max_distance=settings.dist_tx,
         min_similarity=fragment_similarity,
@@ -616,60 +605,120 @@ def _resolve_scheduler(scheduler: str | None, client: Any | None) -> str:
     return LOCAL_SCHEDULERS[scheduler.lower()]
 
 
+@dataclass(frozen=True)
+class _AssignmentRule:
+    """Score threshold and rule that choose a transcript's cell among its candidates (see :func:`select_candidates`)."""
+
+    score_cut: float
+    rule: Literal["nearest", "score"]
+
+
+@dataclass
+class _TileResult:
+    """Result of one tile's task: the chosen shape of each core transcript, without the candidate links.
+
+    Attributes
+    ----------
+    transcripts
+        Global indices of the tile's core transcripts.
+    shape, score
+        Chosen prior shape (-1 for none) and score of each core transcript.
+    leftover_embeddings
+        Embeddings of the core transcripts left without a shape, in ``transcripts`` order, for
+        the fragment step; the others are dropped in the task.
+    n_links
+        Number of candidate links scored.
+    """
+
+    transcripts: np.ndarray
+    shape: np.ndarray
+    score: np.ndarray
+    leftover_embeddings: np.ndarray
+    n_links: int
+
+
+@dataclass
+class _Predicted:
+    """The choices of every tile, gathered over the slide's graph transcripts.
+
+    ``leftover`` contains, in ascending order, the transcripts left without a prior shape, and
+    ``leftover_embeddings`` their embeddings in the same order.
+    """
+
+    shape: np.ndarray
+    score: np.ndarray
+    leftover: np.ndarray
+    leftover_embeddings: np.ndarray
+    n_links: int
+
+
 def _predict_tiles(
     model: Segger,
     inputs: GraphInputs,
     settings: GraphSettings,
+    polygons: np.ndarray,
     *,
+    rule: _AssignmentRule,
     tile_size: float,
     device: torch.device,
     client: Any | None,
     scheduler: str,
     progress: bool,
-) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
-    """Return the scored candidate links (sources, targets, scores) and the transcript embeddings.
+) -> _Predicted:
+    """Predict every tile and choose each transcript's prior shape within the tile's task.
 
-    The links are concatenated in tile order whatever order the tiles finish in, because ties
-    in :func:`~segger.models.select_candidates` go to the earlier link.
+    A transcript's candidate links all come from the one tile whose core contains it, so the
+    choice made per tile equals the choice over all links, and the links never leave the task.
     """
     grid = TileGrid.from_positions(inputs.positions[:, :2], tile_size=tile_size, margin=settings.margin)
     tiles = list(grid.tiles(inputs.positions[:, :2], inputs.shape_centroids))
+    task = partial(_predict_tile_task, settings=settings, rule=rule)
     if client is None:
         results = _predict_tiles_locally(
-            model, inputs, settings, tiles, device=device, scheduler=scheduler, progress=progress
+            task, model, inputs, polygons, tiles, device=device, scheduler=scheduler, progress=progress
         )
     else:
-        results = _predict_tiles_on_client(client, model, inputs, settings, tiles, progress=progress)
+        results = _predict_tiles_on_client(client, task, model, inputs, polygons, tiles, progress=progress)
     _log_tile_summary(grid, results, settings)
+    return _gather_tile_results(results, inputs.n_transcripts, model.embedding_size)
 
-    n = inputs.n_transcripts
-    embeddings = np.zeros((n, model.embedding_size), dtype=np.float32)
-    predicted = np.zeros(n, dtype=bool)
-    sources, targets, scores = [], [], []
-    for result in results:
-        embeddings[result.transcripts] = result.embeddings
+
+def _gather_tile_results(results: list[_TileResult], n_transcripts: int, embedding_size: int) -> _Predicted:
+    """Fill the slide-wide arrays from the tile results, releasing each result once copied."""
+    shape = np.full(n_transcripts, -1, dtype=np.int64)
+    score = np.full(n_transcripts, np.nan, dtype=np.float32)
+    predicted = np.zeros(n_transcripts, dtype=bool)
+    leftover, embeddings = [], []
+    n_links = 0
+    while results:
+        result = results.pop(0)
+        shape[result.transcripts] = result.shape
+        score[result.transcripts] = result.score
         predicted[result.transcripts] = True
-        sources.append(result.sources)
-        targets.append(result.targets)
-        scores.append(result.scores)
-    del results
+        leftover.append(result.transcripts[result.shape < 0])
+        embeddings.append(result.leftover_embeddings)
+        n_links += result.n_links
 
     if not predicted.all():
         msg = (
             f"{int((~predicted).sum())} transcripts were not predicted by any tile; this is a bug in tiling."
         )
         raise RuntimeError(msg)
-    links = (
-        np.concatenate(sources) if sources else np.empty(0, np.int64),
-        np.concatenate(targets) if targets else np.empty(0, np.int64),
-        np.concatenate(scores) if scores else np.empty(0, np.float32),
+    leftover = np.concatenate(leftover) if leftover else np.empty(0, dtype=np.int64)
+    embeddings = np.concatenate(embeddings) if embeddings else np.empty((0, embedding_size), np.float32)
+    order = np.argsort(leftover, kind="stable")
+    return _Predicted(
+        shape=shape,
+        score=score,
+        leftover=leftover[order],
+        leftover_embeddings=embeddings[order],
+        n_links=n_links,
     )
-    return links, embeddings
 
 
-def _log_tile_summary(grid: TileGrid, results: list[TilePrediction], settings: GraphSettings) -> None:
+def _log_tile_summary(grid: TileGrid, results: list[_TileResult], settings: GraphSettings) -> None:
     """Log how many tiles were empty and how many had no candidate shape for any core transcript."""
-    unreached = [result for result in results if len(result.sources) == 0]
+    unreached = [result for result in results if result.n_links == 0]
     logger.info(
         "Predicted %d of %d tiles: %d contained no transcripts, %d had no prior shape within dist_bd = "
         "%.1f µm (their %d transcripts go to the fragment step).",
@@ -683,16 +732,17 @@ def _log_tile_summary(grid: TileGrid, results: list[TilePrediction], settings: G
 
 
 def _predict_tiles_locally(
+    task: Callable[..., _TileResult],
     model: Segger,
     inputs: GraphInputs,
-    settings: GraphSettings,
+    polygons: np.ndarray,
     tiles: list[Tile],
     *,
     device: torch.device,
     scheduler: str,
     progress: bool,
-) -> list[TilePrediction]:
-    """Build and predict every tile as a task of Dask's local ``scheduler``, in tile order.
+) -> list[_TileResult]:
+    """Run ``task`` on every tile as a task of Dask's local ``scheduler``, in tile order.
 
     Each task builds its tile's graph and drops it once predicted, so at most one graph per
     thread is alive. On CUDA, graphs are built in parallel but one task at a time runs the model.
@@ -700,18 +750,11 @@ def _predict_tiles_locally(
     model.to(device)
     # NOTE: the CUDA path, with its lock, has only been run on machines without a GPU.
     model_lock = threading.Lock() if device.type == "cuda" else nullcontext()
-    task = dask.delayed(
-        partial(
-            _predict_tile_task,
-            model=model,
-            inputs=inputs,
-            settings=settings,
-            device=device,
-            model_lock=model_lock,
-        ),
+    delayed_task = dask.delayed(
+        partial(task, model=model, inputs=inputs, polygons=polygons, device=device, model_lock=model_lock),
         pure=False,
     )
-    delayed_results = [task(tile, dask_key_name=f"segger-tile-{tile.index}") for tile in tiles]
+    delayed_results = [delayed_task(tile, dask_key_name=f"segger-tile-{tile.index}") for tile in tiles]
 
     try:
         with (
@@ -770,23 +813,27 @@ def _one_torch_thread() -> Iterator[None]:
 
 def _predict_tiles_on_client(
     client: Any,
+    task: Callable[..., _TileResult],
     model: Segger,
     inputs: GraphInputs,
-    settings: GraphSettings,
+    polygons: np.ndarray,
     tiles: list[Tile],
     *,
     progress: bool = False,
-) -> list[TilePrediction]:
-    """Build and predict every tile as a task of a ``dask.distributed`` client, in tile order.
+) -> list[_TileResult]:
+    """Run ``task`` on every tile as a task of a ``dask.distributed`` client, in tile order.
 
-    The model and the graph inputs are sent to every worker once. Workers predict on their CPU.
+    The model, the graph inputs and the prior polygons are sent to every worker once. Workers
+    predict on their CPU.
     """
     from distributed import as_completed
 
     logger.info("Predicting %d tiles on the Dask client %s.", len(tiles), client)
-    model_future, inputs_future = client.scatter([model.cpu(), inputs], broadcast=True)
+    model_future, inputs_future, polygons_future = client.scatter(
+        [model.cpu(), inputs, polygons], broadcast=True
+    )
     futures = client.map(
-        _predict_tile_task, tiles, model=model_future, inputs=inputs_future, settings=settings, pure=False
+        task, tiles, model=model_future, inputs=inputs_future, polygons=polygons_future, pure=False
     )
     with tqdm(total=len(tiles), desc="Predicting tiles", disable=not progress, leave=False) as bar:
         for _ in as_completed(futures):
@@ -829,43 +876,78 @@ def _predict_tile_task(
     *,
     model: Segger,
     inputs: GraphInputs,
+    polygons: np.ndarray,
     settings: GraphSettings,
+    rule: _AssignmentRule,
     device: torch.device | str = "cpu",
     model_lock: AbstractContextManager | None = None,
-) -> TilePrediction:
-    """Build one tile's graph and predict it, as the Dask task of both the local and the distributed path.
+) -> _TileResult:
+    """Build one tile's graph, predict it and choose its core transcripts' shapes.
 
-    ``model_lock``, when given, is held while the model runs, so that tasks in threads sharing
-    one GPU run it one at a time.
+    This is the Dask task of both the local and the distributed path. ``model_lock``, when
+    given, is held while the model runs, so that tasks in threads sharing one GPU run it one at
+    a time.
     """
     try:
         data = build_tile_graph(inputs, tile, settings)
         with model_lock or nullcontext(), _one_torch_thread(), torch.inference_mode():
-            return predict_tile(model, data, k_bd=settings.k_bd, device=device)
+            prediction = predict_tile(model, data, k_bd=settings.k_bd, device=device)
+        del data
+        return _choose_in_tile(prediction, inputs.positions, polygons, rule)
     except Exception as error:
         error.add_note(f"Raised while predicting segger tile {tile.index}, core bounds {tile.bounds} µm.")
         raise
 
 
+def _choose_in_tile(
+    prediction: TilePrediction, positions: np.ndarray, polygons: np.ndarray, rule: _AssignmentRule
+) -> _TileResult:
+    """Choose the prior shape of each core transcript of a tile among its scored links."""
+    transcripts = prediction.transcripts
+    order = np.argsort(transcripts, kind="stable")
+    local_sources = order[np.searchsorted(transcripts, prediction.sources, sorter=order)]
+
+    measured = links_to_measure(
+        local_sources,
+        prediction.scores,
+        n_transcripts=len(transcripts),
+        score_cut=rule.score_cut,
+        rule=rule.rule,
+    )
+    distances = np.full(len(local_sources), np.nan)
+    distances[measured] = _boundary_distances(
+        positions, polygons, prediction.sources[measured], prediction.targets[measured]
+    )
+    shape, score = select_candidates(
+        local_sources,
+        prediction.targets,
+        prediction.scores,
+        distances,
+        n_transcripts=len(transcripts),
+        score_cut=rule.score_cut,
+        rule=rule.rule,
+    )
+    return _TileResult(
+        transcripts=transcripts,
+        shape=shape,
+        score=score,
+        leftover_embeddings=prediction.embeddings[shape < 0],
+        n_links=len(local_sources),
+    )
+
+
 def _boundary_distances(
-    positions: np.ndarray, shapes: gpd.GeoDataFrame, sources: np.ndarray, targets: np.ndarray
+    positions: np.ndarray, polygons: np.ndarray, sources: np.ndarray, targets: np.ndarray
 ) -> np.ndarray:
     """Return the distance (µm) from each link's transcript to its shape's boundary, 0 inside.
 
-    Links are measured in chunks, because a shapely point costs about a hundred bytes, on one
-    thread per core, because shapely releases the GIL while it measures.
+    Links are measured in chunks, because a shapely point costs about a hundred bytes.
     """
-    polygons = shapes.geometry.to_numpy()
     distances = np.empty(len(sources), dtype=np.float64)
-
-    def measure(start: int) -> None:
+    for start in range(0, len(sources), _DISTANCE_CHUNK):
         chunk = slice(start, start + _DISTANCE_CHUNK)
         points = shapely.points(positions[sources[chunk], 0], positions[sources[chunk], 1])
         distances[chunk] = shapely.distance(points, polygons[targets[chunk]])
-
-    starts = range(0, len(sources), _DISTANCE_CHUNK)
-    with ThreadPoolExecutor(max(1, min(CPU_COUNT, len(starts)))) as pool:
-        list(pool.map(measure, starts))
     return distances
 
 
