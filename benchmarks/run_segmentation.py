@@ -52,6 +52,9 @@ DEFAULT_CACHE = Path(tempfile.gettempdir()) / "segger-benchmarks"
 # different gene panels, and a model fitted on one lost about 1 point of accuracy on the other.
 TISSUE_CELLS = 47_500
 SYNTHETIC_AREA = {"100k": 0.02, "1m": 0.2, "5m": 1.0}
+# Rows per partition of the stored points, so that a store holds its transcripts in several
+# parquet files, as stores written from vendor readers do, and segger can read them one at a time.
+POINTS_PER_PARTITION = 500_000
 DATASETS = ("crop", *SYNTHETIC_AREA)
 # Accuracy of every synthetic run is also measured inside this dataset's window, on the same transcripts.
 REFERENCE_WINDOW = "100k"
@@ -60,7 +63,7 @@ REFERENCE_WINDOW = "100k"
 MARKERS = {
     "prepared": "Prepared %d of %d transcripts for the graph",
     "trained": "Trained for %d epoch(s) in %.1f s.",
-    "scored": "Scored %d candidate links in %.1f s.",
+    "scored": "Predicted and scored %d candidate links in %.1f s.",
     "formed": "Formed %d cells without a prior shape in %.1f s.",
     "assigned": "Assigned %d of %d graph transcripts to %d cells",
 }
@@ -157,6 +160,7 @@ def generate_stores(random_state: int, stores: dict[str, Path], windows_file: Pa
             )
         else:
             sdata = tissue
+        sdata = _split_points(sdata, POINTS_PER_PARTITION)
         partial = store.with_name(store.name + ".partial")
         sdata.write(partial, overwrite=True)
         partial.rename(store)
@@ -360,6 +364,26 @@ def package_version(name: str) -> str:
         return "not installed"
 
 
+def _split_points(sdata: Any, rows: int) -> Any:
+    """Split the points element of ``sdata`` into partitions of at most ``rows`` rows, in place."""
+    import dask.dataframe as dd
+    from spatialdata.models import PointsModel
+    from spatialdata.transformations import get_transformation
+
+    from segger import _constants as C
+
+    element = sdata.points[C.POINTS_KEY]
+    frame = element.compute()
+    frame.attrs = {}
+    points = PointsModel.parse(
+        dd.from_pandas(frame.reset_index(drop=True), npartitions=max(1, -(-len(frame) // rows))),
+        feature_key=C.FEATURE_NAME,
+        transformations=get_transformation(element, get_all=True),
+    )
+    sdata.points[C.POINTS_KEY] = points
+    return sdata
+
+
 def synthetic_stores(
     cache_dir: Path, *, random_state: int, regenerate: bool
 ) -> tuple[dict[str, Path], dict[str, list[float]]]:
@@ -367,7 +391,7 @@ def synthetic_stores(
 
     The stores are generated in a child process when the cache lacks them or ``regenerate`` is set.
     """
-    stem = f"toy_{TISSUE_CELLS}cells_seed{random_state}_segger{package_version('segger')}"
+    stem = f"toy_{TISSUE_CELLS}cells_seed{random_state}_p{POINTS_PER_PARTITION}_segger{package_version('segger')}"
     stores = {dataset: cache_dir / f"{stem}_{dataset}.zarr" for dataset in SYNTHETIC_AREA}
     windows_file = cache_dir / f"{stem}_windows.json"
     if windows_file.exists() and not regenerate:

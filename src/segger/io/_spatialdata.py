@@ -31,14 +31,28 @@ def check_coordinates(points: pd.DataFrame, columns: tuple[str, ...], *, source:
     source
         File or element name used in the message.
     """
+    check_nonfinite_counts(count_nonfinite(points, columns), len(points), source=source)
+
+
+def count_nonfinite(points: pd.DataFrame, columns: tuple[str, ...]) -> dict[str, int]:
+    """Return the number of NaN or infinite values in each of ``columns`` that ``points`` has."""
+    counts = {}
     for column in columns:
-        if column not in points.columns:
-            continue
-        values = points[column].to_numpy(dtype=np.float64, na_value=np.nan)
-        n_bad = int((~np.isfinite(values)).sum())
+        if column in points.columns:
+            values = points[column].to_numpy(dtype=np.float64, na_value=np.nan)
+            counts[column] = int((~np.isfinite(values)).sum())
+    return counts
+
+
+def check_nonfinite_counts(counts: dict[str, int], n_points: int, *, source: str) -> None:
+    """Raise ValueError for the first column with non-finite values among ``n_points`` transcripts.
+
+    ``counts`` comes from :func:`count_nonfinite`, possibly summed over the partitions of a table.
+    """
+    for column, n_bad in counts.items():
         if n_bad:
             msg = (
-                f"{n_bad} of {len(points)} transcripts in {source} have a NaN or infinite {column!r} "
+                f"{n_bad} of {n_points} transcripts in {source} have a NaN or infinite {column!r} "
                 f"coordinate. Drop them first, for example "
                 f"`df = df[np.isfinite(df[{column!r}])]`, and pass the cleaned data."
             )

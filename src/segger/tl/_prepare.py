@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import dask.dataframe as dd
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -15,8 +18,8 @@ from spatialdata.transformations import get_transformation
 
 from .. import _constants as C
 from ..graph import GraphInputs, shape_features
-from ..io._spatialdata import check_coordinates
-from ._writeback import get_points
+from ..io._spatialdata import check_nonfinite_counts, count_nonfinite
+from ._writeback import PointsArrays, get_points
 
 logger = logging.getLogger(__name__)
 
@@ -34,18 +37,22 @@ MIN_LABELS_NEAR_SHAPE = 0.5
 
 @dataclass
 class PreparedData:
-    """Everything segmentation needs from a SpatialData object, as plain arrays and frames.
+    """Everything segmentation needs from a SpatialData object, as compact arrays.
+
+    No pandas copy of the points is kept: the transcripts are read one partition at a time.
 
     Attributes
     ----------
     points
-        All transcripts of the points element, in element order.
+        The columns that write-back needs, for every transcript of the points element.
     shapes
         The prior shapes, valid polygons indexed by cell id.
     in_graph
-        Mask over ``points``: non-control transcripts that pass the quality filter.
-    genes
-        Gene name of each graph transcript.
+        Mask over the points: non-control transcripts that pass the quality filter.
+    graph_feature_codes
+        Position of each graph transcript's gene in ``points.features``, -1 where missing.
+    transcript_ids
+        ``transcript_id`` of each graph transcript, or its row number without that column.
     positions
         Coordinates of each graph transcript, shape ``(n, 3)``, µm; z is 0 when absent.
     prior_index
@@ -58,15 +65,34 @@ class PreparedData:
         Name of the gene column.
     """
 
-    points: pd.DataFrame
+    points: PointsArrays
     shapes: gpd.GeoDataFrame
     in_graph: np.ndarray
-    genes: np.ndarray
+    graph_feature_codes: np.ndarray
+    transcript_ids: np.ndarray
     positions: np.ndarray
     prior_index: np.ndarray
     shape_features: np.ndarray
     shape_centroids: np.ndarray
     feature_key: str
+
+    @property
+    def n_points(self) -> int:
+        """Number of transcripts in the points element, graph or not."""
+        return len(self.in_graph)
+
+    @property
+    def gene_names(self) -> np.ndarray:
+        """Gene names indexed by feature code, with ``"nan"`` last so that code -1 reads it."""
+        return np.append(self.points.features.astype(str).to_numpy(dtype=object), "nan")
+
+    def graph_genes(self) -> np.ndarray:
+        """Return the distinct gene names of the graph transcripts."""
+        return self.gene_names[np.unique(self.graph_feature_codes)]
+
+    def tokens(self, tokenize: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Return each graph transcript's token, tokenizing every gene name once."""
+        return tokenize(self.gene_names)[self.graph_feature_codes]
 
     def graph_inputs(self, tokens: np.ndarray, scaled_shape_features: np.ndarray) -> GraphInputs:
         """Return the arrays for graph building with the given gene tokens and scaled shape features."""
@@ -79,6 +105,60 @@ class PreparedData:
         )
 
 
+@dataclass
+class _Partition:
+    """Arrays read from one partition of the points element."""
+
+    xy: np.ndarray
+    feature_codes: np.ndarray
+    is_control: np.ndarray
+    transcript_ids: np.ndarray | None
+    in_graph: np.ndarray
+    positions: np.ndarray
+    prior_index: np.ndarray
+
+
+class _CategoryUnion:
+    """Gene categories gathered over partitions, in the order a computed element would have them.
+
+    Categorical columns keep the first partition's categories, followed by categories new in
+    later partitions. Other columns are read as strings and their categories sorted at the end,
+    as ``astype(str).astype("category")`` does on the whole column.
+    """
+
+    def __init__(self) -> None:
+        self.categories: list[Any] = []
+        self.lookup: dict[Any, int] = {}
+        self.sort = False
+
+    def codes(self, values: pd.Series) -> np.ndarray:
+        """Return the position of each value in the gathered categories, -1 where missing."""
+        if not isinstance(values.dtype, pd.CategoricalDtype):
+            values = values.astype(str).astype("category")
+            self.sort = True
+        mapping = np.array([self._add(category) for category in values.cat.categories], dtype=np.int32)
+        local = values.cat.codes.to_numpy(dtype=np.int32)
+        if len(mapping) == 0:
+            return np.full(len(local), -1, dtype=np.int32)
+        return np.where(local >= 0, mapping[local], -1).astype(np.int32)
+
+    def finish(self, codes: np.ndarray) -> tuple[pd.Index, np.ndarray]:
+        """Return the categories and ``codes`` renumbered for them."""
+        categories = pd.Index(self.categories)
+        if not self.sort or len(categories) == 0:
+            return categories, codes
+        order = np.argsort(categories.to_numpy(dtype=str), kind="stable")
+        renumber = np.empty(len(order), dtype=np.int32)
+        renumber[order] = np.arange(len(order), dtype=np.int32)
+        return categories[order], np.where(codes >= 0, renumber[codes], -1).astype(np.int32)
+
+    def _add(self, category: Any) -> int:
+        if category not in self.lookup:
+            self.lookup[category] = len(self.categories)
+            self.categories.append(category)
+        return self.lookup[category]
+
+
 def prepare(
     sdata: SpatialData,
     *,
@@ -87,7 +167,10 @@ def prepare(
     min_qv: float | None,
     require_labels: bool,
 ) -> PreparedData:
-    """Validate the input and return the arrays that graph building needs.
+    """Validate the input and return the arrays that graph building and write-back need.
+
+    The points are read one partition at a time and reduced to compact arrays, so a slide is
+    never held in memory as a pandas frame.
 
     Parameters
     ----------
@@ -100,29 +183,55 @@ def prepare(
     require_labels
         Whether at least one graph transcript must lie inside a prior shape (needed for training).
     """
-    points, feature_key = _read_points(sdata, points_key)
+    element, feature_key = _points_element(sdata, points_key)
     shapes = _read_shapes(sdata, shapes_key)
     _check_coordinate_systems(sdata, points_key, shapes_key)
-    _check_overlap(points, shapes, points_key=points_key, shapes_key=shapes_key)
+
+    if C.OVERLAPS_NUCLEUS not in element.columns or C.CELL_ID not in element.columns:
+        logger.info(
+            "Points lack %r or %r; finding transcripts inside prior shapes by point-in-polygon.",
+            C.OVERLAPS_NUCLEUS,
+            C.CELL_ID,
+        )
+    source = f"points {points_key!r}"
+    categories = _CategoryUnion()
+    shapes_frame = gpd.GeoDataFrame(geometry=shapes.geometry.to_numpy())
+    nonfinite: dict[str, int] = {}
+    n_near, n_labelled = 0, 0
+    partitions = []
+    for delayed_partition in element.to_delayed():
+        frame = delayed_partition.compute()
+        for column, n_bad in count_nonfinite(frame, (C.X, C.Y, C.Z)).items():
+            nonfinite[column] = nonfinite.get(column, 0) + n_bad
+        partition = _read_partition(frame, feature_key, categories, shapes, shapes_frame, min_qv)
+        near, labelled = _labels_near_shapes(partition, shapes)
+        n_near, n_labelled = n_near + near, n_labelled + labelled
+        partitions.append(partition)
+        del frame
+
+    n_points = sum(len(partition.in_graph) for partition in partitions)
+    if n_points == 0:
+        msg = f"Points element {points_key!r} is empty; segmentation needs transcripts."
+        raise ValueError(msg)
+    check_nonfinite_counts(nonfinite, n_points, source=source)
+    transcript_ids = _check_transcript_ids(partitions, points_key)
+
+    xy = np.concatenate([partition.xy for partition in partitions])
+    _check_overlap(xy, shapes, points_key=points_key, shapes_key=shapes_key)
     _warn_if_pixels(shapes, shapes_key)
 
-    in_graph = _graph_mask(points, feature_key, min_qv)
+    feature_codes = np.concatenate([partition.feature_codes for partition in partitions])
+    features, feature_codes = categories.finish(feature_codes)
+    in_graph = np.concatenate([partition.in_graph for partition in partitions])
     if not in_graph.any():
         msg = (
-            f"No transcript of points {points_key!r} can enter the graph: all {len(points)} are control "
+            f"No transcript of points {points_key!r} can enter the graph: all {n_points} are control "
             f"probes or have qv < {min_qv}. Lower `min_qv` or check the `is_control` column."
         )
         raise ValueError(msg)
 
-    graph_points = points.loc[in_graph]
-    positions = np.zeros((len(graph_points), 3), dtype=np.float32)
-    positions[:, 0] = graph_points[C.X].to_numpy(dtype=np.float32)
-    positions[:, 1] = graph_points[C.Y].to_numpy(dtype=np.float32)
-    if C.Z in graph_points.columns:
-        positions[:, 2] = graph_points[C.Z].to_numpy(dtype=np.float32)
-
-    prior_index = _prior_index(graph_points, shapes)
-    _check_labels_inside(graph_points, shapes, prior_index, shapes_key=shapes_key)
+    prior_index = np.concatenate([partition.prior_index for partition in partitions])
+    _check_labels_inside(n_near, n_labelled, shapes_key=shapes_key)
     if require_labels and not (prior_index >= 0).any():
         msg = (
             f"No transcript of points {points_key!r} lies inside a shape of {shapes_key!r}, so there "
@@ -131,12 +240,22 @@ def prepare(
         )
         raise ValueError(msg)
 
+    points = PointsArrays(
+        xy=xy,
+        feature_codes=feature_codes,
+        features=features,
+        is_control=np.concatenate([partition.is_control for partition in partitions]),
+        partition_lengths=tuple(len(partition.in_graph) for partition in partitions),
+    )
+    positions = np.concatenate([partition.positions for partition in partitions])
+    del partitions
+
     polygons = shapes.geometry.to_numpy()
     centroids = shapely.get_coordinates(shapely.centroid(polygons))
     logger.info(
         "Prepared %d of %d transcripts for the graph (%d inside one of %d prior shapes).",
-        len(graph_points),
-        len(points),
+        len(positions),
+        n_points,
         int((prior_index >= 0).sum()),
         len(shapes),
     )
@@ -144,7 +263,8 @@ def prepare(
         points=points,
         shapes=shapes,
         in_graph=in_graph,
-        genes=graph_points[feature_key].astype(str).to_numpy(),
+        graph_feature_codes=feature_codes[in_graph],
+        transcript_ids=transcript_ids[in_graph],
         positions=positions,
         prior_index=prior_index,
         shape_features=shape_features(polygons),
@@ -153,33 +273,90 @@ def prepare(
     )
 
 
-def _read_points(sdata: SpatialData, points_key: str) -> tuple[pd.DataFrame, str]:
+def _points_element(sdata: SpatialData, points_key: str) -> tuple[dd.DataFrame, str]:
+    """Return the points element and its gene column, after checking that its columns exist."""
     element = get_points(sdata, points_key)
     feature_key = element.attrs.get("spatialdata_attrs", {}).get("feature_key") or C.FEATURE_NAME
+    missing = [column for column in (C.X, C.Y, feature_key) if column not in element.columns]
+    if missing:
+        msg = (
+            f"Points element {points_key!r} is missing the column(s) {missing}; it has "
+            f"{list(element.columns)}. Read vendor data with `sg.io` or parse the points with "
+            "`PointsModel.parse(..., feature_key=...)`."
+        )
+        raise ValueError(msg)
+    return element, feature_key
+
+
+def _read_points(sdata: SpatialData, points_key: str) -> tuple[pd.DataFrame, str]:
+    """Return the whole points element as one checked pandas frame, and its gene column.
+
+    For the baselines, which work on the frame; :func:`prepare` reads by partition instead.
+    """
+    element, feature_key = _points_element(sdata, points_key)
     points = element.compute()
     if len(points) == 0:
         msg = f"Points element {points_key!r} is empty; segmentation needs transcripts."
         raise ValueError(msg)
+    source = f"points {points_key!r}"
+    check_nonfinite_counts(count_nonfinite(points, (C.X, C.Y, C.Z)), len(points), source=source)
+    if C.TRANSCRIPT_ID in points.columns:
+        _check_unique_ids(pd.Series(points[C.TRANSCRIPT_ID].to_numpy()), points_key)
+    return points, feature_key
 
-    missing = [column for column in (C.X, C.Y, feature_key) if column not in points.columns]
-    if missing:
-        msg = (
-            f"Points element {points_key!r} is missing the column(s) {missing}; it has "
-            f"{list(points.columns)}. Read vendor data with `sg.io` or parse the points with "
-            "`PointsModel.parse(..., feature_key=...)`."
-        )
-        raise ValueError(msg)
 
-    check_coordinates(points, (C.X, C.Y, C.Z), source=f"points {points_key!r}")
-    if C.TRANSCRIPT_ID in points.columns and points[C.TRANSCRIPT_ID].duplicated().any():
-        n_duplicated = int(points[C.TRANSCRIPT_ID].duplicated(keep=False).sum())
+def _read_partition(
+    frame: pd.DataFrame,
+    feature_key: str,
+    categories: _CategoryUnion,
+    shapes: gpd.GeoDataFrame,
+    shapes_frame: gpd.GeoDataFrame,
+    min_qv: float | None,
+) -> _Partition:
+    """Reduce one computed partition of the points to the arrays that segmentation keeps."""
+    xy = frame[[C.X, C.Y]].to_numpy(dtype=np.float64)
+    if C.IS_CONTROL in frame.columns:
+        is_control = frame[C.IS_CONTROL].fillna(False).to_numpy(dtype=bool)
+    else:
+        is_control = np.zeros(len(frame), dtype=bool)
+
+    in_graph = _graph_mask(frame, feature_key, min_qv)
+    positions = np.zeros((int(in_graph.sum()), 3), dtype=np.float32)
+    positions[:, :2] = xy[in_graph]
+    if C.Z in frame.columns:
+        positions[:, 2] = frame[C.Z].to_numpy(dtype=np.float32)[in_graph]
+
+    ids = frame[C.TRANSCRIPT_ID].to_numpy() if C.TRANSCRIPT_ID in frame.columns else None
+    return _Partition(
+        xy=xy,
+        feature_codes=categories.codes(frame[feature_key]),
+        is_control=is_control,
+        transcript_ids=ids,
+        in_graph=in_graph,
+        positions=positions,
+        prior_index=_prior_index(frame, in_graph, shapes, shapes_frame),
+    )
+
+
+def _check_transcript_ids(partitions: list[_Partition], points_key: str) -> np.ndarray:
+    """Return every transcript's ``transcript_id`` (its row number without that column), checked unique."""
+    if partitions[0].transcript_ids is None:
+        return np.arange(sum(len(partition.in_graph) for partition in partitions), dtype=np.int64)
+
+    ids = pd.Series(np.concatenate([partition.transcript_ids for partition in partitions]))
+    _check_unique_ids(ids, points_key)
+    return ids.to_numpy(dtype=np.int64)
+
+
+def _check_unique_ids(ids: pd.Series, points_key: str) -> None:
+    if not ids.is_unique:
+        n_duplicated = int(ids.duplicated(keep=False).sum())
         msg = (
             f"Column {C.TRANSCRIPT_ID!r} of points {points_key!r} must be a unique key, but "
             f"{n_duplicated} rows share a value with another row. segger numbers new cells by it. "
             f"Make it unique, for example `points[{C.TRANSCRIPT_ID!r}] = np.arange(len(points))`."
         )
         raise ValueError(msg)
-    return points, feature_key
 
 
 def _read_shapes(sdata: SpatialData, shapes_key: str) -> gpd.GeoDataFrame:
@@ -225,11 +402,9 @@ def _read_shapes(sdata: SpatialData, shapes_key: str) -> gpd.GeoDataFrame:
     return shapes
 
 
-def _check_overlap(
-    points: pd.DataFrame, shapes: gpd.GeoDataFrame, *, points_key: str, shapes_key: str
-) -> None:
+def _check_overlap(xy: np.ndarray, shapes: gpd.GeoDataFrame, *, points_key: str, shapes_key: str) -> None:
     """Raise when the transcripts' bounding box and the prior shapes' bounding box do not meet."""
-    x, y = points[C.X].to_numpy(), points[C.Y].to_numpy()
+    x, y = xy[:, 0], xy[:, 1]
     point_box = shapely.box(x.min(), y.min(), x.max(), y.max())
     shape_box = shapely.box(*shapes.total_bounds)
     if not point_box.buffer(1.0).intersects(shape_box):
@@ -260,19 +435,25 @@ def _warn_if_pixels(shapes: gpd.GeoDataFrame, shapes_key: str) -> None:
     warnings.warn(msg, UserWarning, stacklevel=5)
 
 
-def _check_labels_inside(
-    graph_points: pd.DataFrame, shapes: gpd.GeoDataFrame, prior_index: np.ndarray, *, shapes_key: str
-) -> None:
-    """Raise when most transcripts flagged inside a shape lie away from it, so the labels are wrong."""
-    labelled = np.flatnonzero(prior_index >= 0)
+def _labels_near_shapes(partition: _Partition, shapes: gpd.GeoDataFrame) -> tuple[int, int]:
+    """Return how many of a partition's transcripts inside a shape lie near it, and how many there are."""
+    labelled = np.flatnonzero(partition.prior_index >= 0)
     if len(labelled) == 0:
+        return 0, 0
+    xy = partition.positions[labelled, :2].astype(np.float64)
+    locations = shapely.points(xy[:, 0], xy[:, 1])
+    distances = shapely.distance(locations, shapes.geometry.to_numpy()[partition.prior_index[labelled]])
+    return int((distances <= MAX_LABEL_DISTANCE_UM).sum()), len(labelled)
+
+
+def _check_labels_inside(n_near: int, n_labelled: int, *, shapes_key: str) -> None:
+    """Raise when most transcripts flagged inside a shape lie away from it, so the labels are wrong."""
+    if n_labelled == 0:
         return
-    locations = shapely.points(graph_points[C.X].to_numpy()[labelled], graph_points[C.Y].to_numpy()[labelled])
-    distances = shapely.distance(locations, shapes.geometry.to_numpy()[prior_index[labelled]])
-    near = float(np.mean(distances <= MAX_LABEL_DISTANCE_UM))
+    near = n_near / n_labelled
     if near < MIN_LABELS_NEAR_SHAPE:
         msg = (
-            f"Only {100 * near:.1f} % of the {len(labelled)} transcripts that {C.OVERLAPS_NUCLEUS!r} and "
+            f"Only {100 * near:.1f} % of the {n_labelled} transcripts that {C.OVERLAPS_NUCLEUS!r} and "
             f"{C.CELL_ID!r} place inside a shape of {shapes_key!r} lie within {MAX_LABEL_DISTANCE_UM:g} µm "
             "of that shape, so points and shapes do not line up. Check that both are in µm and share a "
             "coordinate system, and that the shapes' index matches the points' cell ids."
@@ -319,29 +500,25 @@ def _graph_mask(points: pd.DataFrame, feature_key: str, min_qv: float | None) ->
     return mask
 
 
-def _prior_index(graph_points: pd.DataFrame, shapes: gpd.GeoDataFrame) -> np.ndarray:
-    """Return the position in ``shapes`` of the shape containing each transcript, -1 for none.
+def _prior_index(
+    frame: pd.DataFrame, in_graph: np.ndarray, shapes: gpd.GeoDataFrame, shapes_frame: gpd.GeoDataFrame
+) -> np.ndarray:
+    """Return the position in ``shapes`` of the shape containing each graph transcript, -1 for none.
 
     Uses the vendor's ``overlaps_nucleus`` flag with ``cell_id`` where both exist; otherwise
-    a point-in-polygon test through geopandas' spatial index.
+    a point-in-polygon test through the spatial index of ``shapes_frame``, which has the same
+    polygons as ``shapes``.
     """
-    if C.OVERLAPS_NUCLEUS in graph_points.columns and C.CELL_ID in graph_points.columns:
-        flagged = graph_points[C.OVERLAPS_NUCLEUS].fillna(False).to_numpy(dtype=bool)
-        cell_ids = graph_points[C.CELL_ID].astype("string").fillna("").to_numpy(dtype=str)
+    if C.OVERLAPS_NUCLEUS in frame.columns and C.CELL_ID in frame.columns:
+        flagged = frame[C.OVERLAPS_NUCLEUS].fillna(False).to_numpy(dtype=bool)[in_graph]
+        cell_ids = frame[C.CELL_ID].astype("string").fillna("").to_numpy(dtype=str)[in_graph]
         positions = shapes.index.get_indexer(cell_ids)
         return np.where(flagged & (positions >= 0), positions, -1).astype(np.int64)
 
-    logger.info(
-        "Points lack %r or %r; finding transcripts inside prior shapes by point-in-polygon.",
-        C.OVERLAPS_NUCLEUS,
-        C.CELL_ID,
-    )
-    points = gpd.GeoDataFrame(
-        geometry=gpd.points_from_xy(graph_points[C.X].to_numpy(), graph_points[C.Y].to_numpy())
-    )
-    shapes_frame = gpd.GeoDataFrame(geometry=shapes.geometry.to_numpy())
-    point_rows, shape_rows = shapes_frame.sindex.query(points.geometry, predicate="within")
-    prior = np.full(len(graph_points), -1, dtype=np.int64)
+    x = frame[C.X].to_numpy()[in_graph]
+    y = frame[C.Y].to_numpy()[in_graph]
+    point_rows, shape_rows = shapes_frame.sindex.query(shapely.points(x, y), predicate="within")
+    prior = np.full(len(x), -1, dtype=np.int64)
     # A transcript inside overlapping shapes keeps the first shape in index order.
     order = np.lexsort((shape_rows, point_rows))[::-1]
     prior[point_rows[order]] = shape_rows[order]

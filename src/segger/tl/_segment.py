@@ -45,7 +45,7 @@ from ..models import (
 )
 from ..models._training import global_rank, parallel_option_problems
 from ._prepare import PreparedData, prepare
-from ._writeback import check_outputs_free, write_segmentation
+from ._writeback import Cells, check_outputs_free, write_cells
 
 logger = logging.getLogger(__name__)
 
@@ -254,13 +254,13 @@ def segger_fit(
         sdata, points_key=points_key, shapes_key=shapes_key, min_qv=min_qv, require_labels=True
     )
     logger.info(
-        "Fitting segger on %d transcripts and %d prior shapes.", len(prepared.points), len(prepared.shapes)
+        "Fitting segger on %d transcripts and %d prior shapes.", prepared.n_points, len(prepared.shapes)
     )
 
     settings = _graph_settings(
         prepared, k_tx=k_tx, dist_tx=dist_tx, k_bd=k_bd, dist_bd=dist_bd, num_layers=num_layers
     )
-    vocabulary, table = _vocabulary(prepared.genes, gene_embedding)
+    vocabulary, table = _vocabulary(prepared.graph_genes(), gene_embedding)
     model = Segger(
         vocabulary,
         gene_embedding=table,
@@ -301,7 +301,7 @@ def segger_fit(
     }
 
     inputs = prepared.graph_inputs(
-        model.tokenize(prepared.genes), scale_features(prepared.shape_features, mean, std)
+        prepared.tokens(model.tokenize), scale_features(prepared.shape_features, mean, std)
     )
     grid = TileGrid.from_positions(inputs.positions[:, :2], tile_size=tile_size, margin=settings.margin)
     tiles = _training_tiles(inputs, grid, settings, max_tiles=max_train_tiles, random_state=random_state)
@@ -433,8 +433,8 @@ def segger_predict(
     )
     settings = GraphSettings(**stored["graph"])
     settings.max_shape_radius = max(settings.max_shape_radius, _max_shape_radius(prepared))
-    tokens = model.tokenize(prepared.genes)
-    _warn_unknown_genes(prepared.genes, tokens)
+    tokens = prepared.tokens(model.tokenize)
+    _warn_unknown_genes(prepared, tokens)
 
     scaling = stored["shape_scaling"]
     scaled = scale_features(
@@ -524,13 +524,11 @@ def _segment(
 
     phase = time.perf_counter()
     best_shape, best_score = predicted.shape, predicted.score
-    assigned = best_shape >= 0
     leftover = predicted.leftover
-    transcript_ids = _transcript_ids(prepared.points)[prepared.in_graph]
     fragments = fragment_cells(
         inputs.positions[leftover],
         predicted.leftover_embeddings,
-        transcript_ids[leftover],
+        prepared.transcript_ids[leftover],
         k=settings.k_tx,
         max_distance=settings.dist_tx,
         min_similarity=fragment_similarity,
@@ -542,27 +540,24 @@ def _segment(
         time.perf_counter() - phase,
     )
 
-    cell_ids, scores = _cell_ids(prepared, best_shape, best_score, assigned, fragments)
-    grown = pd.unique(cell_ids[~cell_ids.isna() & ~cell_ids.str.startswith(FRAGMENT_PREFIX, na=False)])
-    prior_ids = pd.Series(grown, index=grown, dtype="string")
-    write_segmentation(
+    cells, scores, prior_ids = _cells(prepared, best_shape, best_score, fragments)
+    write_cells(
         sdata,
-        cell_ids,
+        cells,
+        scores,
+        prepared.points,
         key_added=key_added,
         points_key=points_key,
-        scores=scores,
         prior_ids=prior_ids,
         prior_shapes=prepared.shapes,
         params=params,
         overwrite=overwrite,
-        frame=prepared.points,
     )
-    n_assigned = int((~cell_ids.isna()).sum())
     logger.info(
         "Assigned %d of %d graph transcripts to %d cells; added %r, %r, %r and %r.",
-        n_assigned,
+        int((cells.codes >= 0).sum()),
         inputs.n_transcripts,
-        cell_ids.nunique(),
+        len(cells.ids),
         C.cell_id_column(key_added),
         C.score_column(key_added),
         C.boundaries_key(key_added),
@@ -951,29 +946,41 @@ def _boundary_distances(
     return distances
 
 
-def _cell_ids(
-    prepared: PreparedData,
-    best_shape: np.ndarray,
-    best_score: np.ndarray,
-    assigned: np.ndarray,
-    fragments: np.ndarray,
-) -> tuple[pd.Series, np.ndarray]:
-    graph_ids = np.full(len(best_shape), None, dtype=object)
-    shape_ids = prepared.shapes.index.to_numpy(dtype=object)
-    graph_ids[assigned] = shape_ids[best_shape[assigned]]
+def _cells(
+    prepared: PreparedData, best_shape: np.ndarray, best_score: np.ndarray, fragments: np.ndarray
+) -> tuple[Cells, np.ndarray, pd.Series]:
+    """Return the cells with each transcript's code, the score of every transcript, and each grown cell's prior id.
 
+    Cells that grew from a prior shape take its id, and fragment ``k`` becomes ``segger-<k+1>``.
+    Ids are sorted as plain strings, as :func:`~segger.tl.write_segmentation` sorts them.
+    """
+    assigned = best_shape >= 0
     leftover = np.flatnonzero(~assigned)
     in_fragment = fragments >= 0
-    graph_ids[leftover[in_fragment]] = np.char.add(FRAGMENT_PREFIX, (fragments[in_fragment] + 1).astype(str))
+    shape_ids = prepared.shapes.index.to_numpy(dtype=object)
+    used_shapes = np.unique(best_shape[assigned])
+    n_fragments = int(fragments.max(initial=-1)) + 1
+    fragment_ids = np.array([f"{FRAGMENT_PREFIX}{number + 1}" for number in range(n_fragments)], dtype=object)
+    ids, code_of = np.unique(np.concatenate([shape_ids[used_shapes], fragment_ids]), return_inverse=True)
+
+    shape_code = np.full(len(shape_ids), -1, dtype=np.int64)
+    shape_code[used_shapes] = code_of[: len(used_shapes)]
+    graph_codes = np.full(len(best_shape), -1, dtype=np.int64)
+    graph_codes[assigned] = shape_code[best_shape[assigned]]
+    graph_codes[leftover[in_fragment]] = code_of[len(used_shapes) :][fragments[in_fragment]]
+    codes = np.full(prepared.n_points, -1, dtype=np.int64)
+    codes[prepared.in_graph] = graph_codes
 
     graph_scores = best_score.copy()
     graph_scores[leftover[in_fragment]] = np.nan
-
-    cell_ids = pd.Series(pd.NA, index=prepared.points.index, dtype="string")
-    cell_ids[prepared.in_graph] = pd.array(graph_ids, dtype="string")
-    scores = np.full(len(prepared.points), np.nan, dtype=np.float32)
+    scores = np.full(prepared.n_points, np.nan, dtype=np.float32)
     scores[prepared.in_graph] = graph_scores
-    return cell_ids, scores
+
+    grown = np.asarray(
+        [name for name in shape_ids[used_shapes] if not str(name).startswith(FRAGMENT_PREFIX)], dtype=object
+    )
+    prior_ids = pd.Series(grown, index=grown, dtype="string")
+    return Cells(ids=ids, codes=codes), scores, prior_ids
 
 
 def _training_tiles(
@@ -1065,7 +1072,7 @@ def _vocabulary(
     return table.index.tolist(), values
 
 
-def _warn_unknown_genes(genes: np.ndarray, tokens: np.ndarray) -> None:
+def _warn_unknown_genes(prepared: PreparedData, tokens: np.ndarray) -> None:
     """Warn about genes outside the model's vocabulary, and raise when no gene is known.
 
     The warning goes through :mod:`warnings` as well as the logger, because the ``segger``
@@ -1073,7 +1080,7 @@ def _warn_unknown_genes(genes: np.ndarray, tokens: np.ndarray) -> None:
     """
     unknown = tokens == 0
     if unknown.all():
-        examples = sorted(pd.unique(genes).tolist())[:5]
+        examples = sorted(prepared.graph_genes().tolist())[:5]
         msg = (
             f"None of the slide's genes (for example {examples}) is in the model's vocabulary, so "
             "the model cannot score these transcripts. Use a model trained on the same gene panel, "
@@ -1082,7 +1089,7 @@ def _warn_unknown_genes(genes: np.ndarray, tokens: np.ndarray) -> None:
         raise ValueError(msg)
 
     if unknown.any():
-        examples = sorted(pd.unique(genes[unknown]).tolist())
+        examples = sorted(prepared.gene_names[np.unique(prepared.graph_feature_codes[unknown])].tolist())
         msg = (
             f"{int(unknown.sum())} of {len(tokens)} transcripts belong to {len(examples)} gene(s) the model "
             f"has never seen, for example {examples[:5]}; they get the unknown-gene token."
@@ -1144,12 +1151,6 @@ def _check_options(
     if problems:
         msg = "Invalid option(s): " + "; ".join(problems) + "."
         raise ValueError(msg)
-
-
-def _transcript_ids(points: pd.DataFrame) -> np.ndarray:
-    if C.TRANSCRIPT_ID in points.columns:
-        return points[C.TRANSCRIPT_ID].to_numpy(dtype=np.int64)
-    return np.arange(len(points), dtype=np.int64)
 
 
 def _torch_device(device: str) -> torch.device:

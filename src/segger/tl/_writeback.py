@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,10 @@ DEFAULT_HULL_RATIO = 0.5
 DEFAULT_POINT_RADIUS = 1.0
 """Default radius in µm of the buffer drawn around cells whose transcripts span no area."""
 
+# The string dtype that dask gives string columns (its default ``dataframe.convert-string``), so
+# the column reads back from zarr with the dtype it was written with.
+_CELL_ID_DTYPE = pd.StringDtype("pyarrow")
+
 _POLYGON_TYPE_ID = 3  # shapely.get_type_id of a Polygon
 
 
@@ -58,11 +63,56 @@ class _OutputNames:
 
 
 @dataclass(frozen=True)
-class _Cells:
+class Cells:
     """Sorted cell ids and, for every transcript, the position of its cell in them (-1 when unassigned)."""
 
     ids: np.ndarray
     codes: np.ndarray
+
+
+@dataclass
+class PointsArrays:
+    """Columns of a points element that write-back reads, as compact arrays in element order.
+
+    Attributes
+    ----------
+    xy
+        Transcript coordinates, shape ``(n, 2)``, float64.
+    feature_codes
+        Position of each transcript's gene in ``features``, -1 where missing, int32.
+    features
+        Categories of the ``feature_key`` column.
+    is_control
+        Whether each transcript is a control probe (the ``is_control`` column, all False without it).
+    partition_lengths
+        Number of rows in each partition of the element.
+    """
+
+    xy: np.ndarray
+    feature_codes: np.ndarray
+    features: pd.Index
+    is_control: np.ndarray
+    partition_lengths: tuple[int, ...]
+
+    @classmethod
+    def from_frame(
+        cls, frame: pd.DataFrame, feature_key: str, partition_lengths: tuple[int, ...]
+    ) -> PointsArrays:
+        """Return the arrays of a computed points element."""
+        features = frame[feature_key]
+        if not isinstance(features.dtype, pd.CategoricalDtype):
+            features = features.astype(str).astype("category")
+        if C.IS_CONTROL in frame.columns:
+            is_control = frame[C.IS_CONTROL].fillna(False).to_numpy(dtype=bool)
+        else:
+            is_control = np.zeros(len(frame), dtype=bool)
+        return cls(
+            xy=frame[[C.X, C.Y]].to_numpy(dtype=np.float64),
+            feature_codes=features.cat.codes.to_numpy(dtype=np.int32),
+            features=features.cat.categories,
+            is_control=is_control,
+            partition_lengths=partition_lengths,
+        )
 
 
 def points_frame(sdata: SpatialData, points_key: str = C.POINTS_KEY) -> pd.DataFrame:
@@ -184,7 +234,6 @@ def write_segmentation(
     Holes are filled. Outlines are 2-D, from ``x`` and ``y`` only. Cells are sorted by id as plain
     strings, so ``"segger-10"`` comes before ``"segger-2"``.
     """
-    start = time.perf_counter()
     names = _OutputNames.from_key(key_added)
     points = get_points(sdata, points_key)
     _check_output_names(sdata, names, key_added=key_added)
@@ -197,25 +246,85 @@ def write_segmentation(
     cell_ids = _check_cell_ids(cell_ids, frame, points_key=points_key)
     scores = _check_scores(scores, len(frame))
     cells = _index_cells(cell_ids)
+    feature_key = points.attrs[PointsModel.ATTRS_KEY][PointsModel.FEATURE_KEY]
+    partition_lengths = tuple(int(n) for n in points.map_partitions(len).compute())
+    arrays = PointsArrays.from_frame(frame, feature_key, partition_lengths)
+    del frame, cell_ids
+    write_cells(
+        sdata,
+        cells,
+        scores,
+        arrays,
+        key_added=key_added,
+        points_key=points_key,
+        prior_ids=prior_ids,
+        prior_shapes=prior_shapes,
+        params=params,
+        overwrite=overwrite,
+        hull_ratio=hull_ratio,
+        point_radius=point_radius,
+    )
+
+
+def write_cells(
+    sdata: SpatialData,
+    cells: Cells,
+    scores: np.ndarray,
+    arrays: PointsArrays,
+    *,
+    key_added: str,
+    points_key: str,
+    prior_ids: pd.Series | None,
+    prior_shapes: gpd.GeoDataFrame | None,
+    params: dict[str, Any] | None,
+    overwrite: bool,
+    hull_ratio: float = DEFAULT_HULL_RATIO,
+    point_radius: float = DEFAULT_POINT_RADIUS,
+) -> None:
+    """Store a segmentation given as cell codes, as :func:`write_segmentation` does with cell ids.
+
+    This is segger's own path: it never builds a string per transcript or a pandas copy of the
+    points, because ``arrays`` come from the reading pass and the points columns are added
+    lazily, one partition at a time.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData object containing the transcripts; changed in place.
+    cells
+        Sorted cell ids and the code of every transcript of ``points_key``, in element order.
+    scores
+        Assignment score of every transcript, NaN where none exists.
+    arrays
+        Coordinates, genes and partition lengths of the same points element.
+    key_added, points_key, prior_ids, prior_shapes, params, overwrite, hull_ratio, point_radius
+        As in :func:`write_segmentation`.
+    """
+    start = time.perf_counter()
+    names = _OutputNames.from_key(key_added)
+    points = get_points(sdata, points_key)
+    _check_output_names(sdata, names, key_added=key_added)
+    if not overwrite:
+        _check_outputs_absent(sdata, points, names, key_added=key_added)
+    _check_any_cell(len(cells.ids))
+    _check_hull_options(hull_ratio, point_radius)
+    scores = _check_scores(scores, len(cells.codes))
+
     logger.info(
         "Writing segmentation %r: %d cells from %d of %d transcripts",
         key_added,
         len(cells.ids),
         int((cells.codes >= 0).sum()),
-        len(frame),
+        len(cells.codes),
     )
 
     transformations = get_transformation(points, get_all=True)
     cell_prior_ids = _align_prior_ids(prior_ids, cells.ids)
     priors = _prior_geometries(cell_prior_ids, prior_shapes, transformations)
-    polygons = _cell_polygons(frame, cells, priors, hull_ratio=hull_ratio, point_radius=point_radius)
+    polygons = _cell_polygons(arrays.xy, cells, priors, hull_ratio=hull_ratio, point_radius=point_radius)
+    counts, genes = _count_matrix(arrays, cells)
 
-    feature_key = points.attrs[PointsModel.ATTRS_KEY][PointsModel.FEATURE_KEY]
-    counts, genes = _count_matrix(frame, cells, feature_key=feature_key)
-
-    new_points = _points_with_columns(
-        points, frame, {names.cell_id_column: cell_ids.array, names.score_column: scores}
-    )
+    new_points = _points_with_columns(points, cells, scores, arrays.partition_lengths, names=names)
     shapes = ShapesModel.parse(
         gpd.GeoDataFrame(geometry=polygons, index=pd.Index(cells.ids, dtype=object)),
         transformations=copy.deepcopy(transformations),
@@ -352,15 +461,19 @@ def _check_scores(scores: np.ndarray | None, n_points: int) -> np.ndarray:
     return values
 
 
-def _index_cells(cell_ids: pd.Series) -> _Cells:
+def _index_cells(cell_ids: pd.Series) -> Cells:
     codes, ids = pd.factorize(cell_ids, sort=True, use_na_sentinel=True)
-    if len(ids) == 0:
+    _check_any_cell(len(ids))
+    return Cells(ids=np.asarray(ids, dtype=object), codes=np.asarray(codes, dtype=np.int64))
+
+
+def _check_any_cell(n_cells: int) -> None:
+    if n_cells == 0:
         msg = (
             "No transcript is assigned to a cell, so there is no cell to write; every entry of cell_ids "
             "is missing. Check the segmentation's input and parameters."
         )
         raise ValueError(msg)
-    return _Cells(ids=np.asarray(ids, dtype=object), codes=np.asarray(codes, dtype=np.int64))
 
 
 def _align_prior_ids(prior_ids: pd.Series | None, cell_ids: np.ndarray) -> pd.Series:
@@ -427,8 +540,8 @@ def _check_same_coordinates(
 
 
 def _cell_polygons(
-    frame: pd.DataFrame,
-    cells: _Cells,
+    xy: np.ndarray,
+    cells: Cells,
     priors: np.ndarray,
     *,
     hull_ratio: float,
@@ -438,7 +551,7 @@ def _cell_polygons(
     assigned = cells.codes >= 0
     codes = cells.codes[assigned]
     order = np.argsort(codes, kind="stable")
-    coordinates = frame[[C.X, C.Y]].to_numpy(dtype=np.float64)[assigned][order]
+    coordinates = xy[assigned][order]
     multipoints = shapely.multipoints(coordinates, indices=codes[order])
 
     outlines = shapely.concave_hull(multipoints, ratio=hull_ratio)
@@ -457,25 +570,17 @@ def _cell_polygons(
     return shapely.polygons(shapely.get_exterior_ring(outlines))
 
 
-def _count_matrix(frame: pd.DataFrame, cells: _Cells, *, feature_key: str) -> tuple[sp.csr_matrix, pd.Index]:
+def _count_matrix(arrays: PointsArrays, cells: Cells) -> tuple[sp.csr_matrix, pd.Index]:
     """Count the non-control transcripts of every cell per gene.
 
-    A category of ``feature_key`` is a control when any of its transcripts has ``is_control`` set; all
-    other categories, used or not, are genes. Without an ``is_control`` column no transcript is a control.
+    A category of the feature column is a control when any of its transcripts has ``is_control``
+    set; all other categories, used or not, are genes.
     """
-    features = frame[feature_key]
-    if not isinstance(features.dtype, pd.CategoricalDtype):
-        features = features.astype(str).astype("category")
-    feature_codes = features.cat.codes.to_numpy(dtype=np.int64)
-    if C.IS_CONTROL in frame.columns:
-        is_control = frame[C.IS_CONTROL].fillna(False).to_numpy(dtype=bool)
-    else:
-        is_control = np.zeros(len(frame), dtype=bool)
-
-    is_gene = np.ones(len(features.cat.categories), dtype=bool)
+    feature_codes, is_control = arrays.feature_codes, arrays.is_control
+    is_gene = np.ones(len(arrays.features), dtype=bool)
     is_gene[np.unique(feature_codes[is_control & (feature_codes >= 0)])] = False
     gene_codes = np.where(is_gene, np.cumsum(is_gene) - 1, -1)
-    genes = pd.Index(features.cat.categories[is_gene].astype(str), dtype=object)
+    genes = pd.Index(arrays.features[is_gene].astype(str), dtype=object)
 
     row_gene = np.where(feature_codes >= 0, gene_codes[feature_codes], -1)
     counted = (cells.codes >= 0) & (row_gene >= 0) & ~is_control
@@ -487,24 +592,82 @@ def _count_matrix(frame: pd.DataFrame, cells: _Cells, *, feature_key: str) -> tu
     return counts, genes
 
 
-def _points_with_columns(points: dd.DataFrame, frame: pd.DataFrame, columns: dict[str, Any]) -> dd.DataFrame:
-    """Return a copy of ``points`` with ``columns`` set, keeping its partitions count and attrs."""
-    extended = frame.assign(**columns)
-    # The computed frame carries the element's attrs, which parquet cannot store, so only the dask
-    # DataFrame keeps them.
-    extended.attrs = {}
-    parsed = dd.from_pandas(
-        extended,
-        npartitions=points.npartitions,
-        sort=bool(extended.index.is_monotonic_increasing),
+def _points_with_columns(
+    points: dd.DataFrame,
+    cells: Cells,
+    scores: np.ndarray,
+    partition_lengths: tuple[int, ...],
+    *,
+    names: _OutputNames,
+) -> dd.DataFrame:
+    """Return ``points`` with the cell id and score columns added lazily, partition by partition.
+
+    The result keeps the element's partitions, divisions and attrs. Nothing is computed here:
+    each partition gets its slice of the columns when it is computed or written.
+    """
+    if sum(partition_lengths) != len(cells.codes) or len(partition_lengths) != points.npartitions:
+        msg = (
+            f"The segmentation covers {len(cells.codes)} transcripts in {len(partition_lengths)} "
+            f"partition(s), but the points element has {points.npartitions} partition(s); it was "
+            "changed after it was read. Run the segmentation again."
+        )
+        raise RuntimeError(msg)
+
+    filler = _ColumnFiller(cells, scores, partition_lengths, names)
+    meta = points._meta.assign(
+        **{
+            names.cell_id_column: pd.Series(dtype=_CELL_ID_DTYPE),
+            names.score_column: pd.Series(dtype=np.float32),
+        }
     )
-    parsed.attrs.update(copy.deepcopy(dict(points.attrs)))
-    PointsModel.validate(parsed)
-    return parsed
+    extended = points.map_partitions(filler, meta=meta, align_dataframes=False)
+    extended.attrs.update(copy.deepcopy(dict(points.attrs)))
+    PointsModel.validate(extended)
+    return extended
+
+
+class _ColumnFiller:
+    """Map-partitions function that adds one partition's slice of the cell ids and scores."""
+
+    def __init__(
+        self, cells: Cells, scores: np.ndarray, partition_lengths: tuple[int, ...], names: _OutputNames
+    ) -> None:
+        self.cells = cells
+        self.scores = scores
+        self.offsets = np.concatenate([[0], np.cumsum(partition_lengths)]).astype(np.int64)
+        self.names = names
+        # Dask names the task by this token. Hashing the captured arrays instead would cost a
+        # pass over every transcript.
+        self.token = uuid.uuid4().hex
+
+    def __dask_tokenize__(self) -> str:
+        return self.token
+
+    def __call__(self, part: pd.DataFrame, partition_info: dict | None = None) -> pd.DataFrame:
+        number = 0 if partition_info is None else partition_info["number"]
+        start, stop = int(self.offsets[number]), int(self.offsets[number + 1])
+        if len(part) != stop - start:
+            msg = (
+                f"Partition {number} of the points element has {len(part)} rows, but it had "
+                f"{stop - start} when segger read it; the element changed since. Run the "
+                "segmentation again."
+            )
+            raise RuntimeError(msg)
+
+        codes = self.cells.codes[start:stop]
+        assigned = codes >= 0
+        ids = np.full(len(codes), None, dtype=object)
+        ids[assigned] = self.cells.ids[codes[assigned]]
+        return part.assign(
+            **{
+                self.names.cell_id_column: pd.array(ids, dtype=_CELL_ID_DTYPE),
+                self.names.score_column: self.scores[start:stop],
+            }
+        )
 
 
 def _cell_table(
-    cells: _Cells,
+    cells: Cells,
     counts: sp.csr_matrix,
     genes: pd.Index,
     polygons: np.ndarray,
