@@ -35,7 +35,7 @@ from .io._merscope import TRANSCRIPT_FILES as MERSCOPE_TRANSCRIPT_FILES
 from .io._xenium import TRANSCRIPT_FILES
 from .models import Segger
 from .models._training import PRECISIONS, STRATEGIES, global_rank
-from .tl._prepare import _graph_mask, _read_points
+from .tl._prepare import _graph_mask, _points_element
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -608,11 +608,18 @@ def _count_assigned(
     sdata: SpatialData, *, points_key: str, key_added: str, min_qv: float | None
 ) -> tuple[int, int, int]:
     """Return the number of cells, and of assigned and of all non-control transcripts that pass ``min_qv``."""
-    points, feature_key = _read_points(sdata, points_key)
-    eligible = _graph_mask(points, feature_key, min_qv)
-    assigned = eligible & points[C.cell_id_column(key_added)].notna().to_numpy()
+    element, feature_key = _points_element(sdata, points_key)
+    wanted = [C.cell_id_column(key_added), feature_key, C.IS_CONTROL, C.QV]
+    columns = [column for column in wanted if column in element.columns]
+    n_assigned, n_eligible = 0, 0
+    # One partition at a time, so that a whole slide is never computed into memory.
+    for partition in element[columns].to_delayed():
+        points = partition.compute()
+        eligible = _graph_mask(points, feature_key, min_qv)
+        n_assigned += int((eligible & points[C.cell_id_column(key_added)].notna().to_numpy()).sum())
+        n_eligible += int(eligible.sum())
     n_cells = sdata.tables[C.table_key(key_added)].n_obs
-    return n_cells, int(assigned.sum()), int(eligible.sum())
+    return n_cells, n_assigned, n_eligible
 
 
 def _write_store(sdata: SpatialData, path: Path) -> None:

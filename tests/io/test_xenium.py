@@ -2,11 +2,14 @@ from __future__ import annotations
 
 import logging
 
+import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
 
 import segger as sg
+from segger.io._spatialdata import build_spatialdata
+from segger.io._xenium import read_transcripts
 
 SQUARE = [(0.0, 0.0), (4.0, 0.0), (4.0, 4.0), (0.0, 4.0)]
 
@@ -193,6 +196,59 @@ def test_xenium_input_files_unchanged(tmp_path):
     after = {file.name: file.read_bytes() for file in folder.iterdir()}
 
     assert after == before
+
+
+def write_row_groups(folder, transcripts: pd.DataFrame, rows: int):
+    """Write ``transcripts.parquet`` with ``rows`` rows per parquet row group, and nuclei."""
+    transcripts.to_parquet(folder / "transcripts.parquet", row_group_size=rows)
+    make_vertices().to_parquet(folder / "nucleus_boundaries.parquet")
+    return folder
+
+
+def test_xenium_parquet_partitions(tmp_path, monkeypatch):
+    transcripts = pd.concat([make_transcripts()] * 4, ignore_index=True)
+    transcripts["transcript_id"] = np.arange(len(transcripts), dtype=np.uint64)
+    folder = write_row_groups(tmp_path, transcripts, rows=5)
+    # The pandas reader, which loads the whole file, gives the expected frame.
+    whole = read_transcripts(folder / "transcripts.parquet")
+    expected = build_spatialdata(whole, {"nucleus_boundaries": gpd.GeoDataFrame(geometry=[])})
+    monkeypatch.setattr("segger.io._xenium.ROWS_PER_PARTITION", 10)
+
+    points = sg.io.xenium(folder).points["transcripts"]
+
+    assert points.npartitions == 3
+    assert points.divisions == (0, 10, 20, 23)
+    pd.testing.assert_frame_equal(points.compute(), expected.points["transcripts"].compute())
+
+
+def test_xenium_row_numbers_across_partitions(tmp_path, monkeypatch):
+    transcripts = pd.concat([make_transcripts()] * 3, ignore_index=True).drop(columns="transcript_id")
+    monkeypatch.setattr("segger.io._xenium.ROWS_PER_PARTITION", 6)
+
+    points = sg.io.xenium(write_row_groups(tmp_path, transcripts, rows=6)).points["transcripts"]
+
+    assert points.npartitions == 3
+    np.testing.assert_array_equal(points["transcript_id"].compute().to_numpy(), np.arange(18))
+
+
+def test_xenium_nonfinite_in_later_row_group(tmp_path, monkeypatch):
+    transcripts = pd.concat([make_transcripts()] * 3, ignore_index=True)
+    transcripts["transcript_id"] = np.arange(len(transcripts), dtype=np.uint64)
+    transcripts.loc[[8, 15], "y_location"] = np.nan
+    monkeypatch.setattr("segger.io._xenium.ROWS_PER_PARTITION", 6)
+    folder = write_row_groups(tmp_path, transcripts, rows=6)
+
+    with pytest.raises(ValueError, match=r"2 of 18 transcripts .* 'y_location'"):
+        sg.io.xenium(folder)
+
+
+def test_xenium_duplicate_ids_across_row_groups(tmp_path, monkeypatch):
+    transcripts = pd.concat([make_transcripts()] * 2, ignore_index=True)
+    monkeypatch.setattr("segger.io._xenium.ROWS_PER_PARTITION", 6)
+    folder = write_row_groups(tmp_path, transcripts, rows=6)
+
+    with pytest.raises(ValueError, match="6 duplicate transcript_id"):
+        sg.io.xenium(folder)
 
 
 def test_xenium_lung_crop(xenium_lung_path):

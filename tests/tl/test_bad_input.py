@@ -128,6 +128,30 @@ def test_zarr_input_store_never_written(toy, trained, tmp_path):
     assert store_digest(store) == before
 
 
+def interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("phase", ["segger.tl._segment.train", "segger.tl._writeback._points_with_columns"])
+def test_interrupted_fit_keeps_zarr_store(toy, tmp_path, monkeypatch, phase):
+    store = tmp_path / "input.zarr"
+    rebuild(*parts(toy)).write(store)
+    files_before = store_digest(store)
+    sdata = sd.read_zarr(store)
+    before = snapshot(sdata)
+    monkeypatch.setattr(phase, interrupt)
+
+    with pytest.raises(KeyboardInterrupt):
+        sg.tl.segger_fit(sdata, **FAST)
+    monkeypatch.undo()
+
+    assert store_digest(store) == files_before
+    assert_unchanged(sdata, before)
+    assert_unchanged(sd.read_zarr(store), before)
+    sg.tl.segger_fit(sdata, **FAST)
+    assert sdata.points["transcripts"].compute()["segger_cell_id"].notna().sum() > 0
+
+
 def test_fit_empty_points(toy):
     points, shapes = parts(toy)
     with pytest.raises(ValueError, match="is empty"):

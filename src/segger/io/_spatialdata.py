@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import dask.dataframe as dd
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -120,7 +121,7 @@ def decode_byte_strings(values: pd.Series) -> pd.Series:
 
 
 def build_spatialdata(
-    points: pd.DataFrame,
+    points: pd.DataFrame | dd.DataFrame,
     shapes: dict[str, gpd.GeoDataFrame],
     *,
     points_key: str = C.POINTS_KEY,
@@ -131,7 +132,8 @@ def build_spatialdata(
     ----------
     points
         Transcripts in the points schema: ``x``, ``y`` (and optionally ``z``) in µm and
-        ``feature_name``.
+        ``feature_name``. A dask DataFrame is kept lazy; its reader has checked the coordinates
+        and made ``feature_name`` categorical.
     shapes
         Prior shapes by element name, each a GeoDataFrame of polygons indexed by cell id.
     points_key
@@ -143,10 +145,15 @@ def build_spatialdata(
     element without any polygon is left out, with a logged warning.
     """
     check_required_columns(points, REQUIRED_POINTS_COLUMNS, source=f"points {points_key!r}")
-    check_coordinates(points, (C.X, C.Y, C.Z), source=f"points {points_key!r}")
-
-    points = points.copy()
-    points[C.FEATURE_NAME] = points[C.FEATURE_NAME].astype(str).astype("category")
+    if isinstance(points, dd.DataFrame):
+        # A lazy reader checks the coordinates as it scans the file and sets the gene categories.
+        if not isinstance(points[C.FEATURE_NAME].dtype, pd.CategoricalDtype):
+            msg = f"Lazily read points need a categorical {C.FEATURE_NAME!r} column with known categories."
+            raise TypeError(msg)
+    else:
+        check_coordinates(points, (C.X, C.Y, C.Z), source=f"points {points_key!r}")
+        points = points.copy()
+        points[C.FEATURE_NAME] = points[C.FEATURE_NAME].astype(str).astype("category")
     coordinates = {"x": C.X, "y": C.Y}
     if C.Z in points.columns:
         coordinates["z"] = C.Z

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
+import dask.dataframe as dd
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from spatialdata import SpatialData
 
 from .. import _constants as C
@@ -14,7 +17,9 @@ from ._shapes import polygons_from_vertices
 from ._spatialdata import (
     build_spatialdata,
     check_coordinates,
+    check_nonfinite_counts,
     check_required_columns,
+    count_nonfinite,
     decode_byte_strings,
     flag_controls,
     to_cell_id_strings,
@@ -28,6 +33,9 @@ CELL_FILES = ("cell_boundaries.parquet", "cell_boundaries.csv.gz", "cell_boundar
 
 COLUMN_NAMES = {"x_location": C.X, "y_location": C.Y, "z_location": C.Z}
 REQUIRED_COLUMNS = ("x_location", "y_location", "feature_name")
+# Rows per partition of a lazily read transcripts.parquet. With Xenium's dozen columns, one
+# partition takes an estimated one to a few hundred MB in pandas.
+ROWS_PER_PARTITION = 1_000_000
 
 # Xenium's `codeword_category` values that are real genes; every other category is a control.
 GENE_CATEGORIES = ("predesigned_gene", "custom_gene")
@@ -63,7 +71,12 @@ def xenium(path: str | Path, *, cell_boundaries: bool = True) -> SpatialData:
     nucleus_file = _find_file(folder, NUCLEUS_FILES, required=True)
     cell_file = _find_file(folder, CELL_FILES, required=False) if cell_boundaries else None
 
-    points = read_transcripts(transcripts_file)
+    if transcripts_file.name.endswith(".parquet"):
+        points = read_parquet_transcripts(transcripts_file)
+        n_features = len(points[C.FEATURE_NAME].cat.categories)
+    else:
+        points = read_transcripts(transcripts_file)
+        n_features = points[C.FEATURE_NAME].nunique()
 
     shapes = {C.NUCLEUS_SHAPES_KEY: _read_boundaries(nucleus_file)}
     if cell_file is not None:
@@ -72,7 +85,7 @@ def xenium(path: str | Path, *, cell_boundaries: bool = True) -> SpatialData:
     logger.info(
         "Read %d transcripts of %d features and %d nuclei from %s.",
         len(points),
-        points[C.FEATURE_NAME].nunique(),
+        n_features,
         len(shapes[C.NUCLEUS_SHAPES_KEY]),
         folder,
     )
@@ -84,21 +97,129 @@ def read_transcripts(file: str | Path) -> pd.DataFrame:
     file = Path(file)
     frame = _read_table(file)
     if frame.empty:
-        msg = (
-            f"{file.name} in {str(file.parent)!r} contains no transcripts. Check that the export is complete."
-        )
-        raise ValueError(msg)
+        _raise_empty(file)
     check_required_columns(frame, REQUIRED_COLUMNS, source=file.name)
     check_coordinates(frame, ("x_location", "y_location", "z_location"), source=file.name)
+    if C.TRANSCRIPT_ID in frame.columns:
+        _check_unique_ids(frame[C.TRANSCRIPT_ID].astype(np.int64), source=file.name)
+    return _to_points_schema(frame, row_offset=0)
 
+
+def read_parquet_transcripts(file: str | Path, *, rows_per_partition: int | None = None) -> dd.DataFrame:
+    """Read a Xenium ``transcripts.parquet`` lazily into the points schema, as a dask DataFrame.
+
+    One pass reads only the coordinates, ids and gene names, one group of parquet row groups at
+    a time, to check them and to collect the genes. The returned frame reads and converts each
+    partition, of about ``rows_per_partition`` rows, only when it is computed. So a slide is
+    never loaded whole.
+
+    Parameters
+    ----------
+    file
+        The ``transcripts.parquet`` file.
+    rows_per_partition
+        Rows per partition, :data:`ROWS_PER_PARTITION` when ``None``; row groups are never split.
+
+    Returns
+    -------
+    The transcripts, with ``feature_name`` a categorical of the sorted gene names and the row
+    number as index, as :func:`read_transcripts` returns them.
+    """
+    file = Path(file)
+    parquet = pq.ParquetFile(file)
+    columns = parquet.schema_arrow.names
+    if parquet.metadata.num_rows == 0:
+        _raise_empty(file)
+    check_required_columns(pd.DataFrame(columns=columns), REQUIRED_COLUMNS, source=file.name)
+
+    partitions = _row_group_partitions(parquet, rows_per_partition or ROWS_PER_PARTITION)
+    genes = _scan_transcripts(parquet, partitions, source=file.name)
+    load = partial(_load_partition, file=str(file), genes=tuple(genes))
+    meta = _to_points_schema(parquet.schema_arrow.empty_table().to_pandas(), row_offset=0, genes=genes)
+    offsets = [offset for _, offset in partitions]
+    return dd.from_map(
+        load,
+        partitions,
+        meta=meta,
+        divisions=(*offsets, parquet.metadata.num_rows - 1),
+        label="xenium-transcripts",
+        enforce_metadata=False,
+    )
+
+
+def _raise_empty(file: Path) -> None:
+    msg = f"{file.name} in {str(file.parent)!r} contains no transcripts. Check that the export is complete."
+    raise ValueError(msg)
+
+
+def _row_group_partitions(
+    parquet: pq.ParquetFile, rows_per_partition: int
+) -> list[tuple[tuple[int, ...], int]]:
+    """Group consecutive row groups into partitions of about ``rows_per_partition`` rows.
+
+    Returns each partition's row groups and the row number of its first row.
+    """
+    partitions, groups, offset, rows = [], [], 0, 0
+    for group in range(parquet.num_row_groups):
+        groups.append(group)
+        rows += parquet.metadata.row_group(group).num_rows
+        if rows >= rows_per_partition:
+            partitions.append((tuple(groups), offset))
+            groups, offset, rows = [], offset + rows, 0
+    if groups:
+        partitions.append((tuple(groups), offset))
+    return partitions
+
+
+def _scan_transcripts(
+    parquet: pq.ParquetFile, partitions: list[tuple[tuple[int, ...], int]], *, source: str
+) -> list[str]:
+    """Check the coordinates and transcript ids of every partition, and return the sorted gene names."""
+    coordinates = ("x_location", "y_location", "z_location")
+    wanted = [*coordinates, C.TRANSCRIPT_ID, C.FEATURE_NAME]
+    columns = [column for column in wanted if column in parquet.schema_arrow.names]
+    nonfinite: dict[str, int] = {}
+    genes: set[str] = set()
+    ids = []
+    for groups, _ in partitions:
+        frame = parquet.read_row_groups(list(groups), columns=columns).to_pandas()
+        for column, n_bad in count_nonfinite(frame, coordinates).items():
+            nonfinite[column] = nonfinite.get(column, 0) + n_bad
+        genes.update(decode_byte_strings(frame[C.FEATURE_NAME]).astype(str).unique())
+        if C.TRANSCRIPT_ID in frame.columns:
+            ids.append(frame[C.TRANSCRIPT_ID].to_numpy(dtype=np.int64))
+
+    check_nonfinite_counts(nonfinite, parquet.metadata.num_rows, source=source)
+    if ids:
+        _check_unique_ids(pd.Series(np.concatenate(ids)), source=source)
+    return sorted(genes)
+
+
+def _load_partition(
+    partition: tuple[tuple[int, ...], int], *, file: str, genes: tuple[str, ...]
+) -> pd.DataFrame:
+    """Read one partition's row groups and convert them to the points schema."""
+    groups, offset = partition
+    frame = pq.ParquetFile(file).read_row_groups(list(groups)).to_pandas()
+    return _to_points_schema(frame, row_offset=offset, genes=genes)
+
+
+def _to_points_schema(
+    frame: pd.DataFrame, *, row_offset: int, genes: tuple[str, ...] | list[str] | None = None
+) -> pd.DataFrame:
+    """Convert checked Xenium rows to the points schema; their first row has number ``row_offset``.
+
+    ``genes`` makes ``feature_name`` a categorical of those names; ``None`` keeps strings.
+    """
     frame = frame.rename(columns=COLUMN_NAMES)
     frame[C.FEATURE_NAME] = decode_byte_strings(frame[C.FEATURE_NAME]).astype(str)
+    if genes is not None:
+        frame[C.FEATURE_NAME] = frame[C.FEATURE_NAME].astype(pd.CategoricalDtype(list(genes)))
 
     if C.TRANSCRIPT_ID in frame.columns:
         frame[C.TRANSCRIPT_ID] = frame[C.TRANSCRIPT_ID].astype(np.int64)
     else:
-        frame[C.TRANSCRIPT_ID] = np.arange(len(frame), dtype=np.int64)
-    _check_unique_ids(frame[C.TRANSCRIPT_ID], source=file.name)
+        frame[C.TRANSCRIPT_ID] = np.arange(row_offset, row_offset + len(frame), dtype=np.int64)
 
     if C.CELL_ID in frame.columns:
         frame[C.CELL_ID] = to_cell_id_strings(frame[C.CELL_ID])
@@ -106,7 +227,8 @@ def read_transcripts(file: str | Path) -> pd.DataFrame:
         frame[C.OVERLAPS_NUCLEUS] = frame[C.OVERLAPS_NUCLEUS].astype(bool)
     frame[C.IS_CONTROL] = _control_flags(frame)
 
-    return frame.reset_index(drop=True)
+    frame.index = pd.RangeIndex(row_offset, row_offset + len(frame))
+    return frame
 
 
 def _read_boundaries(file: Path):

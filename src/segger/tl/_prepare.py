@@ -187,6 +187,8 @@ def prepare(
     shapes = _read_shapes(sdata, shapes_key)
     _check_coordinate_systems(sdata, points_key, shapes_key)
 
+    if min_qv is not None and C.QV not in element.columns:
+        logger.info("Points have no %r column; the quality filter is skipped.", C.QV)
     if C.OVERLAPS_NUCLEUS not in element.columns or C.CELL_ID not in element.columns:
         logger.info(
             "Points lack %r or %r; finding transcripts inside prior shapes by point-in-polygon.",
@@ -486,17 +488,15 @@ def _check_coordinate_systems(sdata: SpatialData, points_key: str, shapes_key: s
 
 
 def _graph_mask(points: pd.DataFrame, feature_key: str, min_qv: float | None) -> np.ndarray:
+    """Return a mask of the non-control transcripts with ``qv`` of at least ``min_qv``, when that column exists."""
     mask = np.ones(len(points), dtype=bool)
     if C.IS_CONTROL in points.columns:
         mask &= ~points[C.IS_CONTROL].fillna(False).to_numpy(dtype=bool)
     else:
         mask &= ~points[feature_key].astype(str).str.startswith(C.CONTROL_PREFIXES).to_numpy()
 
-    if min_qv is not None:
-        if C.QV in points.columns:
-            mask &= points[C.QV].to_numpy(dtype=np.float64, na_value=np.nan) >= min_qv
-        else:
-            logger.info("Points have no %r column; the quality filter is skipped.", C.QV)
+    if min_qv is not None and C.QV in points.columns:
+        mask &= points[C.QV].to_numpy(dtype=np.float64, na_value=np.nan) >= min_qv
     return mask
 
 
