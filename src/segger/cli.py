@@ -609,8 +609,8 @@ def _count_assigned(
 ) -> tuple[int, int, int]:
     """Return the number of cells, and of assigned and of all non-control transcripts that pass ``min_qv``."""
     element, feature_key = _points_element(sdata, points_key)
-    wanted = [C.cell_id_column(key_added), feature_key, C.IS_CONTROL, C.QV]
-    columns = [column for column in wanted if column in element.columns]
+    needed = [C.cell_id_column(key_added), feature_key, C.IS_CONTROL, C.QV]
+    columns = [column for column in needed if column in element.columns]
     n_assigned, n_eligible = 0, 0
     # One partition at a time, so that a whole slide is never computed into memory.
     for partition in element[columns].to_delayed():

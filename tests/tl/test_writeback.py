@@ -186,6 +186,19 @@ def test_boundaries_areas(sdata, cell_ids, scores):
     assert area["c3"] == pytest.approx(np.pi, rel=1e-2)
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 5])
+def test_boundaries_same_in_chunks(sdata, cell_ids, scores, monkeypatch, chunk):
+    _write(sdata, cell_ids, scores)
+    whole = sdata.shapes["segger_boundaries"].copy()
+    monkeypatch.setattr("segger.tl._writeback._HULL_CHUNK", chunk)
+
+    _write(sdata, cell_ids, scores, overwrite=True)
+
+    chunked = sdata.shapes["segger_boundaries"]
+    assert chunked.index.equals(whole.index)
+    assert chunked.geom_equals(whole).all()
+
+
 def test_boundaries_cover_transcripts(sdata, cell_ids, scores):
     _write(sdata, cell_ids, scores)
 

@@ -176,8 +176,8 @@ def _scan_transcripts(
 ) -> list[str]:
     """Check the coordinates and transcript ids of every partition, and return the sorted gene names."""
     coordinates = ("x_location", "y_location", "z_location")
-    wanted = [*coordinates, C.TRANSCRIPT_ID, C.FEATURE_NAME]
-    columns = [column for column in wanted if column in parquet.schema_arrow.names]
+    needed = [*coordinates, C.TRANSCRIPT_ID, C.FEATURE_NAME]
+    columns = [column for column in needed if column in parquet.schema_arrow.names]
     nonfinite: dict[str, int] = {}
     genes: set[str] = set()
     ids = []

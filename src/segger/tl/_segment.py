@@ -24,6 +24,7 @@ from spatialdata import SpatialData
 from tqdm.auto import tqdm
 
 from .. import _constants as C
+from .._memory import release_freed_memory
 from ..graph import (
     GraphInputs,
     GraphSettings,
@@ -324,6 +325,7 @@ def segger_fit(
         progress_bar=progress,
     )
     del tiles  # the training graphs are not needed for prediction, which builds its own
+    release_freed_memory()
     logger.info("Trained for %d epoch(s) in %.1f s.", len(model.history), time.perf_counter() - phase)
     if model.history.empty or model.history["train_loss"].isna().all():
         msg = (
@@ -675,7 +677,10 @@ def _predict_tiles(
     else:
         results = _predict_tiles_on_client(client, task, model, inputs, polygons, tiles, progress=progress)
     _log_tile_summary(grid, results, settings)
-    return _gather_tile_results(results, inputs.n_transcripts, model.embedding_size)
+    del tiles
+    predicted = _gather_tile_results(results, inputs.n_transcripts, model.embedding_size)
+    release_freed_memory()
+    return predicted
 
 
 def _gather_tile_results(results: list[_TileResult], n_transcripts: int, embedding_size: int) -> _Predicted:

@@ -7,6 +7,7 @@ of them store their result in the same layout and are measured the same way.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import time
 import uuid
@@ -39,6 +40,9 @@ DEFAULT_POINT_RADIUS = 1.0
 # The string dtype that dask gives string columns (its default ``dataframe.convert-string``), so
 # the column reads back from zarr with the dtype it was written with.
 _CELL_ID_DTYPE = pd.StringDtype("pyarrow")
+
+# Transcripts whose cell hulls are built at once.
+_HULL_CHUNK = 200_000
 
 _POLYGON_TYPE_ID = 3  # shapely.get_type_id of a Polygon
 
@@ -548,13 +552,7 @@ def _cell_polygons(
     point_radius: float,
 ) -> np.ndarray:
     """Return one valid Polygon per cell: its transcripts' concave hull joined with its prior shape."""
-    assigned = cells.codes >= 0
-    codes = cells.codes[assigned]
-    order = np.argsort(codes, kind="stable")
-    coordinates = xy[assigned][order]
-    multipoints = shapely.multipoints(coordinates, indices=codes[order])
-
-    outlines = shapely.concave_hull(multipoints, ratio=hull_ratio)
+    outlines = _concave_hulls(xy, cells, hull_ratio=hull_ratio)
     flat = shapely.area(outlines) <= 0
     outlines[flat] = shapely.buffer(outlines[flat], point_radius)
 
@@ -568,6 +566,29 @@ def _cell_polygons(
     several_parts = shapely.get_type_id(outlines) != _POLYGON_TYPE_ID
     outlines[several_parts] = shapely.convex_hull(outlines[several_parts])
     return shapely.polygons(shapely.get_exterior_ring(outlines))
+
+
+def _concave_hulls(xy: np.ndarray, cells: Cells, *, hull_ratio: float) -> np.ndarray:
+    """Return the concave hull of every cell's transcripts, building the cells in chunks.
+
+    A chunk holds whole cells and about :data:`_HULL_CHUNK` transcripts, because shapely makes a
+    geometry of each transcript, of about a hundred bytes, before it forms a cell's hull.
+    """
+    assigned = np.flatnonzero(cells.codes >= 0)
+    order = np.argsort(cells.codes[assigned], kind="stable")
+    rows = assigned[order]
+    codes = cells.codes[rows]
+    del assigned, order
+
+    cell_starts = np.searchsorted(codes, np.arange(len(cells.ids) + 1))
+    chunk_starts = np.searchsorted(cell_starts, np.arange(0, len(codes), _HULL_CHUNK), side="right") - 1
+    bounds = np.append(np.unique(chunk_starts), len(cells.ids))
+    outlines = np.empty(len(cells.ids), dtype=object)
+    for first, last in itertools.pairwise(bounds):
+        chunk = slice(cell_starts[first], cell_starts[last])
+        multipoints = shapely.multipoints(xy[rows[chunk]], indices=codes[chunk] - first)
+        outlines[first:last] = shapely.concave_hull(multipoints, ratio=hull_ratio)
+    return outlines
 
 
 def _count_matrix(arrays: PointsArrays, cells: Cells) -> tuple[sp.csr_matrix, pd.Index]:
