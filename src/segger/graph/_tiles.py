@@ -96,6 +96,8 @@ class TileGrid:
             Prior-shape centroids, shape ``(m, 2)``, µm.
         """
         core_of = self.core_tile(xy)
+        # Every tile's indices stay alive during prediction, so they take half the space where they fit.
+        index_dtype = compact_index_dtype(len(xy))
         order = np.argsort(xy[:, 0], kind="stable")
         sorted_x = xy[order, 0]
         shape_order = np.argsort(shape_xy[:, 0], kind="stable")
@@ -110,7 +112,7 @@ class TileGrid:
             # Points on the slide's far edge are clipped into the last tile's core but can fall
             # outside its half-open bounds, so the core members are joined in explicitly.
             own_core = by_core[core_starts[index] : core_starts[index + 1]]
-            transcripts = np.union1d(transcripts, own_core)
+            transcripts = np.union1d(transcripts, own_core).astype(index_dtype)
             core = core_of[transcripts] == index
             if not core.any():
                 continue
@@ -122,6 +124,11 @@ class TileGrid:
                 core=core,
                 shapes=shapes,
             )
+
+
+def compact_index_dtype(n: int) -> type[np.integer]:
+    """Return int32 when it can index ``n`` items, int64 otherwise."""
+    return np.int32 if n <= np.iinfo(np.int32).max else np.int64
 
 
 def _inside(

@@ -17,6 +17,7 @@ from spatialdata import SpatialData
 from spatialdata.transformations import get_transformation
 
 from .. import _constants as C
+from .._memory import release_freed_memory
 from ..graph import GraphInputs, shape_features
 from ..io._spatialdata import check_nonfinite_counts, count_nonfinite
 from ._writeback import PointsArrays, get_points
@@ -251,6 +252,8 @@ def prepare(
     )
     positions = np.concatenate([partition.positions for partition in partitions])
     del partitions
+    # The partitions' pandas frames and arrays are freed, and their pages go back to the system.
+    release_freed_memory()
 
     polygons = shapes.geometry.to_numpy()
     centroids = shapely.get_coordinates(shapely.centroid(polygons))

@@ -34,6 +34,7 @@ from ..graph import (
     fit_feature_scaling,
     scale_features,
 )
+from ..graph._tiles import compact_index_dtype
 from ..models import (
     Segger,
     TilePrediction,
@@ -685,7 +686,7 @@ def _predict_tiles(
 
 def _gather_tile_results(results: list[_TileResult], n_transcripts: int, embedding_size: int) -> _Predicted:
     """Fill the slide-wide arrays from the tile results, releasing each result once copied."""
-    shape = np.full(n_transcripts, -1, dtype=np.int64)
+    shape = np.full(n_transcripts, -1, dtype=np.int32)
     score = np.full(n_transcripts, np.nan, dtype=np.float32)
     predicted = np.zeros(n_transcripts, dtype=bool)
     leftover, embeddings = [], []
@@ -927,9 +928,10 @@ def _choose_in_tile(
         score_cut=rule.score_cut,
         rule=rule.rule,
     )
+    # Results of every tile are held until all tiles are done, so indices are stored compactly.
     return _TileResult(
-        transcripts=transcripts,
-        shape=shape,
+        transcripts=transcripts.astype(compact_index_dtype(len(positions))),
+        shape=shape.astype(np.int32),
         score=score,
         leftover_embeddings=prediction.embeddings[shape < 0],
         n_links=len(local_sources),
