@@ -251,6 +251,15 @@ def test_xenium_duplicate_ids_across_row_groups(tmp_path, monkeypatch):
         sg.io.xenium(folder)
 
 
+def test_xenium_zero_byte_parquet(tmp_path):
+    folder = write_folder(tmp_path, make_transcripts(), make_vertices())
+    (folder / "transcripts.parquet").write_bytes(b"")
+
+    with pytest.raises(ValueError, match=r"transcripts\.parquet in .* is not a readable parquet file"):
+        sg.io.xenium(folder)
+    assert (folder / "transcripts.parquet").read_bytes() == b""
+
+
 def test_xenium_lung_crop(xenium_lung_path):
     raw = pd.read_parquet(xenium_lung_path / "transcripts.parquet").reset_index(drop=True)
     sdata = sg.io.xenium(xenium_lung_path)

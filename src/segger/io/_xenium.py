@@ -9,6 +9,7 @@ from pathlib import Path
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 from spatialdata import SpatialData
 
@@ -126,7 +127,14 @@ def read_parquet_transcripts(file: str | Path, *, rows_per_partition: int | None
     number as index, as :func:`read_transcripts` returns them.
     """
     file = Path(file)
-    parquet = pq.ParquetFile(file)
+    try:
+        parquet = pq.ParquetFile(file)
+    except (pa.ArrowInvalid, OSError) as error:
+        msg = (
+            f"{file.name} in {str(file.parent)!r} is not a readable parquet file ({error}). Check that "
+            "the export is complete, or replace it with the instrument's original file."
+        )
+        raise ValueError(msg) from error
     columns = parquet.schema_arrow.names
     if parquet.metadata.num_rows == 0:
         _raise_empty(file)
