@@ -52,8 +52,8 @@ DEFAULT_CACHE = Path(tempfile.gettempdir()) / "segger-benchmarks"
 # different gene panels, and a model fitted on one lost about 1 point of accuracy on the other.
 TISSUE_CELLS = 47_500
 SYNTHETIC_AREA = {"100k": 0.02, "1m": 0.2, "5m": 1.0}
-# Rows per partition of the stored points, so that a store holds its transcripts in several
-# parquet files, as stores written from vendor readers do, and segger can read them one at a time.
+# Rows per partition of the stored points. Each store then keeps its transcripts in several
+# parquet files, which segger reads one at a time, as it reads a large slide.
 POINTS_PER_PARTITION = 500_000
 DATASETS = ("crop", *SYNTHETIC_AREA)
 # Accuracy of every synthetic run is also measured inside this dataset's window, on the same transcripts.

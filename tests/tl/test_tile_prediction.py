@@ -78,6 +78,16 @@ def expected_counts(points: pd.DataFrame, shapes: gpd.GeoDataFrame, *, min_qv: f
     }
 
 
+def model_counts(sdata: sd.SpatialData, model: Segger) -> dict:
+    """Return :func:`expected_counts` of ``sdata`` with the model's ``min_qv`` and ``dist_bd``."""
+    return expected_counts(
+        sdata.points["transcripts"].compute(),
+        sdata.shapes["nucleus_boundaries"],
+        min_qv=model.settings["min_qv"],
+        dist_bd=model.settings["graph"]["dist_bd"],
+    )
+
+
 @pytest.fixture(scope="module")
 def model():
     return sg.tl.segger_fit(sg.datasets.toy(n_cells=60, random_state=0), max_epochs=2, progress=False)
@@ -117,12 +127,7 @@ def test_tile_summary_counts_holes(model, caplog):
 
 def test_tile_summary_intact_slide(model, caplog):
     sdata = sg.datasets.toy(n_cells=60, random_state=0)
-    expected = expected_counts(
-        sdata.points["transcripts"].compute(),
-        sdata.shapes["nucleus_boundaries"],
-        min_qv=model.settings["min_qv"],
-        dist_bd=model.settings["graph"]["dist_bd"],
-    )
+    expected = model_counts(sdata, model)
     with caplog.at_level(logging.INFO, logger="segger"):
         sg.tl.segger_predict(sdata, model, tile_size=TILE_SIZE, progress=False)
     matches = [SUMMARY.search(record.getMessage()) for record in caplog.records]
@@ -239,12 +244,7 @@ def test_progress_bar_counts_tiles(model, monkeypatch):
 
     monkeypatch.setattr(segment, "tqdm", RecordingBar)
     sdata = sg.datasets.toy(n_cells=60, random_state=1)
-    expected = expected_counts(
-        sdata.points["transcripts"].compute(),
-        sdata.shapes["nucleus_boundaries"],
-        min_qv=model.settings["min_qv"],
-        dist_bd=model.settings["graph"]["dist_bd"],
-    )
+    expected = model_counts(sdata, model)
     sg.tl.segger_predict(sdata, model, tile_size=TILE_SIZE, progress=True)
 
     assert closed[0] == ("Predicting tiles", expected["predicted"], expected["predicted"])

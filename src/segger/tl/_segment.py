@@ -400,17 +400,8 @@ def segger_predict(
         ``None`` uses the values the model was trained with.
     device
         ``"auto"`` uses CUDA when available.
-    client
-        A ``dask.distributed.Client``. When given, the tiles' graphs are built and predicted as
-        tasks on its workers, on their CPUs, and the labels equal those of a run without it.
-        ``None`` predicts them as tasks of a Dask scheduler in this process (see ``scheduler``).
-    scheduler
-        Dask scheduler that predicts the tiles in this process when ``client`` is ``None``:
-        ``"threads"`` (a pool of Dask's ``num_workers`` threads, by default one per core) or
-        ``"synchronous"`` (one tile at a time on one core, in the calling thread, for example
-        to debug). ``None`` takes Dask's configured scheduler (``dask.config.set(scheduler=...)``)
-        when it is one of these, and ``"threads"`` otherwise. The labels do not depend on it. On
-        CUDA, the threads build the tiles' graphs in parallel, but the model runs one tile at a time.
+    client, scheduler
+        As in :func:`segger_fit`.
     random_state
         Seed for numpy and torch.
     overwrite

@@ -251,7 +251,7 @@ def write_segmentation(
     scores = _check_scores(scores, len(frame))
     cells = _index_cells(cell_ids)
     feature_key = points.attrs[PointsModel.ATTRS_KEY][PointsModel.FEATURE_KEY]
-    partition_lengths = tuple(int(n) for n in points.map_partitions(len).compute())
+    partition_lengths = _partition_lengths(points, frame)
     arrays = PointsArrays.from_frame(frame, feature_key, partition_lengths)
     del frame, cell_ids
     write_cells(
@@ -268,6 +268,13 @@ def write_segmentation(
         hull_ratio=hull_ratio,
         point_radius=point_radius,
     )
+
+
+def _partition_lengths(points: dd.DataFrame, frame: pd.DataFrame) -> tuple[int, ...]:
+    """Return the rows of each partition of ``points``, whose computed rows are ``frame``."""
+    if points.npartitions == 1:
+        return (len(frame),)
+    return tuple(int(n) for n in points.map_partitions(len).compute())
 
 
 def write_cells(
@@ -571,8 +578,9 @@ def _cell_polygons(
 def _concave_hulls(xy: np.ndarray, cells: Cells, *, hull_ratio: float) -> np.ndarray:
     """Return the concave hull of every cell's transcripts, building the cells in chunks.
 
-    A chunk holds whole cells and about :data:`_HULL_CHUNK` transcripts, because shapely makes a
-    geometry of each transcript, of about a hundred bytes, before it forms a cell's hull.
+    A chunk contains whole cells and about :data:`_HULL_CHUNK` transcripts, because shapely makes
+    a geometry of each transcript, of about a hundred bytes (an estimate), before it forms a
+    cell's hull.
     """
     assigned = np.flatnonzero(cells.codes >= 0)
     order = np.argsort(cells.codes[assigned], kind="stable")
