@@ -201,3 +201,66 @@ def test_zero_margin_every_transcript_core():
         counts[tile.transcripts[tile.core]] += 1
 
     assert counts.tolist() == [1, 1, 1]
+
+
+def _tiles_by_definition(xy: np.ndarray, grid: TileGrid) -> dict[int, tuple[list[int], list[bool]]]:
+    """Each non-empty tile's transcripts and core mask, found by testing every transcript."""
+    core_of = grid.core_tile(xy)
+    xy = xy.astype(np.float64)
+    tiles = {}
+    for index in np.unique(core_of):
+        x_min, y_min, x_max, y_max = grid.bounds(int(index))
+        m = grid.margin
+        within = (
+            (xy[:, 0] >= x_min - m)
+            & (xy[:, 0] < x_max + m)
+            & (xy[:, 1] >= y_min - m)
+            & (xy[:, 1] < y_max + m)
+        )
+        members = np.flatnonzero(within | (core_of == index))
+        tiles[int(index)] = (members.tolist(), (core_of[members] == index).tolist())
+    return tiles
+
+
+@pytest.mark.parametrize(("tile_size", "margin"), [(10.0, 1.0), (10.0, 25.0), (7.0, 7.0), (3.0, 40.0)])
+def test_tiles_equal_definition_any_margin(tile_size, margin):
+    rng = np.random.default_rng(3)
+    xy = rng.uniform([0.0, 0.0], [100.0, 60.0], size=(600, 2))
+    # A third of the points sit exactly on tile borders, in float32 as graph positions are.
+    on_border = rng.random(len(xy)) < 1 / 3
+    xy[on_border] = np.round(xy[on_border] / tile_size) * tile_size
+    xy = xy.astype(np.float32)
+    grid = TileGrid.from_positions(xy, tile_size=tile_size, margin=margin)
+    # More points on the float32 values nearest to each margin's edge and on either side of it;
+    # a comparison in float32 would put some of them on the wrong side.
+    edges = np.array([grid.bounds(i) for i in range(grid.n_tiles)]) + [-margin, -margin, margin, margin]
+    nearest = edges.astype(np.float32)
+    near = np.concatenate([nearest, *(np.nextafter(nearest, sign * np.inf) for sign in (-1, 1))])
+    xy = np.concatenate([xy, near[:, [0, 1]], near[:, [2, 3]]]).astype(np.float32)
+    xy = xy[(xy >= xy[:600].min(axis=0)).all(axis=1) & (xy <= xy[:600].max(axis=0)).all(axis=1)]
+    grid = TileGrid.from_positions(xy, tile_size=tile_size, margin=margin)
+
+    expected = _tiles_by_definition(xy, grid)
+    tiles = {
+        tile.index: (tile.transcripts.tolist(), tile.core.tolist())
+        for tile in grid.tiles(xy, np.empty((0, 2)))
+    }
+
+    assert tiles == expected
+
+
+def test_tile_index_cuts_tiles_on_demand():
+    xy = _random_slide()
+    centroids = _random_slide(seed=1)[:50]
+    grid = TileGrid.from_positions(xy, tile_size=25.0, margin=5.0)
+    index = grid.index(xy, centroids)
+
+    assert index.non_empty.tolist() == [tile.index for tile in grid.tiles(xy, centroids)]
+    assert sum(index.n_core(int(number)) for number in index.non_empty) == len(xy)
+    # Tiles cut in reverse order equal those of the iterator.
+    for tile in reversed(list(grid.tiles(xy, centroids))):
+        cut = index.tile(tile.index, xy, centroids)
+        assert cut.bounds == tile.bounds
+        np.testing.assert_array_equal(cut.transcripts, tile.transcripts)
+        np.testing.assert_array_equal(cut.core, tile.core)
+        np.testing.assert_array_equal(cut.shapes, tile.shapes)

@@ -76,7 +76,7 @@ def test_dead_worker_names_tile(fitted, monkeypatch):
 
         from segger.tl._segment import _predict_tile_task
 
-        if tile.index == doomed:
+        if tile == doomed:
             os._exit(1)
         return _predict_tile_task(tile, **kwargs)
 

@@ -95,35 +95,112 @@ class TileGrid:
         shape_xy
             Prior-shape centroids, shape ``(m, 2)``, µm.
         """
+        index = self.index(xy, shape_xy)
+        for number in index.non_empty:
+            yield index.tile(int(number), xy, shape_xy)
+
+    def index(self, xy: np.ndarray, shape_xy: np.ndarray) -> TileIndex:
+        """Sort the transcripts by core tile, so that any tile can be cut out on demand.
+
+        Parameters
+        ----------
+        xy
+            Transcript positions, shape ``(n, 2)``, µm.
+        shape_xy
+            Prior-shape centroids, shape ``(m, 2)``, µm.
+        """
         core_of = self.core_tile(xy)
-        # Every tile's indices stay alive during prediction, so they take half the space where they fit.
-        index_dtype = compact_index_dtype(len(xy))
-        order = np.argsort(xy[:, 0], kind="stable")
-        sorted_x = xy[order, 0]
-        shape_order = np.argsort(shape_xy[:, 0], kind="stable")
-        sorted_shape_x = shape_xy[shape_order, 0]
-
-        by_core = np.argsort(core_of, kind="stable")
+        by_core = np.argsort(core_of, kind="stable").astype(compact_index_dtype(len(xy)))
         core_starts = np.searchsorted(core_of[by_core], np.arange(self.n_tiles + 1))
+        del core_of
+        shape_order = np.argsort(shape_xy[:, 0], kind="stable")
+        return TileIndex(
+            grid=self,
+            by_core=by_core,
+            core_starts=core_starts,
+            shape_order=shape_order,
+            sorted_shape_x=shape_xy[shape_order, 0],
+        )
 
-        for index in range(self.n_tiles):
-            x_min, y_min, x_max, y_max = self.bounds(index)
-            transcripts = _inside(xy, order, sorted_x, (x_min, y_min, x_max, y_max), self.margin)
-            # Points on the slide's far edge are clipped into the last tile's core but can fall
-            # outside its half-open bounds, so the core members are joined in explicitly.
-            own_core = by_core[core_starts[index] : core_starts[index + 1]]
-            transcripts = np.union1d(transcripts, own_core).astype(index_dtype)
-            core = core_of[transcripts] == index
-            if not core.any():
-                continue
-            shapes = _inside(shape_xy, shape_order, sorted_shape_x, (x_min, y_min, x_max, y_max), self.margin)
-            yield Tile(
-                index=index,
-                bounds=(x_min, y_min, x_max, y_max),
-                transcripts=transcripts,
-                core=core,
-                shapes=shapes,
-            )
+
+@dataclass(frozen=True)
+class TileIndex:
+    """The transcripts of a :class:`TileGrid` sorted by core tile, from which tiles are cut on demand.
+
+    It stores one index per transcript, so the tiles of a slide need not be held all at once:
+    a tile's transcripts are gathered from its own core and the cores of the tiles around it.
+
+    Attributes
+    ----------
+    grid
+        The tile grid.
+    by_core
+        Transcript indices sorted by core tile, ascending within a tile.
+    core_starts
+        Position in ``by_core`` where each tile's core starts, shape ``(n_tiles + 1,)``.
+    shape_order, sorted_shape_x
+        Prior shapes sorted by centroid x, and those x values.
+    """
+
+    grid: TileGrid
+    by_core: np.ndarray
+    core_starts: np.ndarray
+    shape_order: np.ndarray
+    sorted_shape_x: np.ndarray
+
+    @property
+    def non_empty(self) -> np.ndarray:
+        """Indices of the tiles whose core contains at least one transcript, ascending."""
+        return np.flatnonzero(np.diff(self.core_starts) > 0)
+
+    def n_core(self, index: int) -> int:
+        """Return the number of transcripts in the core of tile ``index``."""
+        return int(self.core_starts[index + 1] - self.core_starts[index])
+
+    def tile(self, index: int, xy: np.ndarray, shape_xy: np.ndarray) -> Tile:
+        """Return tile ``index`` with the transcripts of its core and margin and its prior shapes.
+
+        Parameters
+        ----------
+        index
+            Tile index in row-major order of the grid.
+        xy, shape_xy
+            The transcript positions and prior-shape centroids that the index was built from.
+        """
+        grid = self.grid
+        bounds = grid.bounds(index)
+        x_min, y_min, x_max, y_max = bounds
+        margin = grid.margin
+
+        # A transcript within the margin has its core in one of the tiles around this one. One
+        # extra ring covers points whose tile rounding puts them on the other side of a border.
+        row, column = divmod(index, grid.shape[0])
+        reach_x = int(np.ceil(margin / grid.tile_width[0])) + 1
+        reach_y = int(np.ceil(margin / grid.tile_width[1])) + 1
+        columns = np.arange(max(column - reach_x, 0), min(column + reach_x, grid.shape[0] - 1) + 1)
+        rows = np.arange(max(row - reach_y, 0), min(row + reach_y, grid.shape[1] - 1) + 1)
+        around = (rows[:, None] * grid.shape[0] + columns[None, :]).ravel()
+        candidates = np.concatenate(
+            [self.by_core[self.core_starts[tile] : self.core_starts[tile + 1]] for tile in around]
+        )
+        own = np.concatenate([np.full(self.n_core(tile), tile == index, dtype=bool) for tile in around])
+
+        # Points on the slide's far edge are clipped into the last tile's core but can fall
+        # outside its half-open bounds, so the core members are kept explicitly.
+        # Compared in float64, as the bounds are: float32 positions compared with a Python float
+        # would round the bound to float32 instead.
+        x, y = xy[candidates, 0].astype(np.float64), xy[candidates, 1].astype(np.float64)
+        inside = (x >= x_min - margin) & (x < x_max + margin) & (y >= y_min - margin) & (y < y_max + margin)
+        keep = inside | own
+        candidates, own = candidates[keep], own[keep]
+        order = np.argsort(candidates, kind="stable")
+        return Tile(
+            index=index,
+            bounds=bounds,
+            transcripts=candidates[order],
+            core=own[order],
+            shapes=_inside(shape_xy, self.shape_order, self.sorted_shape_x, bounds, margin),
+        )
 
 
 def compact_index_dtype(n: int) -> type[np.integer]:
@@ -141,6 +218,6 @@ def _inside(
     x_min, y_min, x_max, y_max = bounds
     start, stop = np.searchsorted(sorted_x, [x_min - margin, x_max + margin], side="left")
     candidates = order[start:stop]
-    y = xy[candidates, 1]
+    y = xy[candidates, 1].astype(np.float64)
     keep = (y >= y_min - margin) & (y < y_max + margin)
     return np.sort(candidates[keep])

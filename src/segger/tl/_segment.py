@@ -28,13 +28,12 @@ from .._memory import release_freed_memory
 from ..graph import (
     GraphInputs,
     GraphSettings,
-    Tile,
     TileGrid,
     build_tile_graph,
     fit_feature_scaling,
     scale_features,
 )
-from ..graph._tiles import compact_index_dtype
+from ..graph._tiles import TileIndex, compact_index_dtype
 from ..models import (
     Segger,
     TilePrediction,
@@ -660,16 +659,27 @@ def _predict_tiles(
     choice made per tile equals the choice over all links, and the links never leave the task.
     """
     grid = TileGrid.from_positions(inputs.positions[:, :2], tile_size=tile_size, margin=settings.margin)
-    tiles = list(grid.tiles(inputs.positions[:, :2], inputs.shape_centroids))
+    tile_index = grid.index(inputs.positions[:, :2], inputs.shape_centroids)
+    tiles = tile_index.non_empty.tolist()
     task = partial(_predict_tile_task, settings=settings, rule=rule)
     if client is None:
         results = _predict_tiles_locally(
-            task, model, inputs, polygons, tiles, device=device, scheduler=scheduler, progress=progress
+            task,
+            model,
+            inputs,
+            polygons,
+            tile_index,
+            tiles,
+            device=device,
+            scheduler=scheduler,
+            progress=progress,
         )
     else:
-        results = _predict_tiles_on_client(client, task, model, inputs, polygons, tiles, progress=progress)
+        results = _predict_tiles_on_client(
+            client, task, model, inputs, polygons, tile_index, tiles, progress=progress
+        )
     _log_tile_summary(grid, results, settings)
-    del tiles
+    del tile_index
     predicted = _gather_tile_results(results, inputs.n_transcripts, model.embedding_size)
     release_freed_memory()
     return predicted
@@ -728,7 +738,8 @@ def _predict_tiles_locally(
     model: Segger,
     inputs: GraphInputs,
     polygons: np.ndarray,
-    tiles: list[Tile],
+    tile_index: TileIndex,
+    tiles: list[int],
     *,
     device: torch.device,
     scheduler: str,
@@ -736,22 +747,38 @@ def _predict_tiles_locally(
 ) -> list[_TileResult]:
     """Run ``task`` on every tile as a task of Dask's local ``scheduler``, in tile order.
 
-    Each task builds its tile's graph and drops it once predicted, so at most one graph per
-    thread is alive. On CUDA, graphs are built in parallel but one task at a time runs the model.
+    Each task cuts its tile out of ``tile_index``, builds its graph and drops both once
+    predicted, so at most one tile per thread is alive. Freed memory is handed back to the
+    system after each task. On CUDA, graphs are built in parallel but one task at a time runs
+    the model.
     """
     model.to(device)
     # NOTE: the CUDA path, with its lock, has only been run on machines without a GPU.
     model_lock = threading.Lock() if device.type == "cuda" else nullcontext()
     delayed_task = dask.delayed(
-        partial(task, model=model, inputs=inputs, polygons=polygons, device=device, model_lock=model_lock),
+        partial(
+            task,
+            model=model,
+            inputs=inputs,
+            polygons=polygons,
+            tile_index=tile_index,
+            device=device,
+            model_lock=model_lock,
+        ),
         pure=False,
     )
-    delayed_results = [delayed_task(tile, dask_key_name=f"segger-tile-{tile.index}") for tile in tiles]
+    delayed_results = [delayed_task(tile, dask_key_name=f"segger-tile-{tile}") for tile in tiles]
+
+    def finished(*_: Any) -> None:
+        bar.update()
+        # Each tile's temporaries are freed between long-lived results; without trimming, the
+        # allocator keeps those pages and the process grows with the number of tiles.
+        release_freed_memory()
 
     try:
         with (
             tqdm(total=len(tiles), desc="Predicting tiles", disable=not progress, leave=False) as bar,
-            Callback(posttask=lambda *_: bar.update()),
+            Callback(posttask=finished),
         ):
             if scheduler == "synchronous":
                 (results,) = dask.compute(delayed_results, scheduler="synchronous")
@@ -809,23 +836,30 @@ def _predict_tiles_on_client(
     model: Segger,
     inputs: GraphInputs,
     polygons: np.ndarray,
-    tiles: list[Tile],
+    tile_index: TileIndex,
+    tiles: list[int],
     *,
     progress: bool = False,
 ) -> list[_TileResult]:
     """Run ``task`` on every tile as a task of a ``dask.distributed`` client, in tile order.
 
-    The model, the graph inputs and the prior polygons are sent to every worker once. Workers
-    predict on their CPU.
+    The model, the graph inputs, the prior polygons and the tile index are sent to every worker
+    once. Workers predict on their CPU.
     """
     from distributed import as_completed
 
     logger.info("Predicting %d tiles on the Dask client %s.", len(tiles), client)
-    model_future, inputs_future, polygons_future = client.scatter(
-        [model.cpu(), inputs, polygons], broadcast=True
+    model_future, inputs_future, polygons_future, index_future = client.scatter(
+        [model.cpu(), inputs, polygons, tile_index], broadcast=True
     )
     futures = client.map(
-        task, tiles, model=model_future, inputs=inputs_future, polygons=polygons_future, pure=False
+        task,
+        tiles,
+        model=model_future,
+        inputs=inputs_future,
+        polygons=polygons_future,
+        tile_index=index_future,
+        pure=False,
     )
     with tqdm(total=len(tiles), desc="Predicting tiles", disable=not progress, leave=False) as bar:
         for _ in as_completed(futures):
@@ -834,7 +868,7 @@ def _predict_tiles_on_client(
         return client.gather(futures)
     except Exception as error:
         # gather raises at the first failed task, so wait for the others to list every failed tile.
-        failed = [tile.index for tile, future in zip(tiles, futures, strict=True) if _task_failed(future)]
+        failed = [tile for tile, future in zip(tiles, futures, strict=True) if _task_failed(future)]
         msg = f"Prediction failed on the Dask cluster for tile(s) {failed or 'unknown'}: {error!r}"
         if _is_killed_worker(error):
             msg += (
@@ -864,30 +898,35 @@ def _task_failed(future: Any) -> bool:
 
 
 def _predict_tile_task(
-    tile: Tile,
+    tile: int,
     *,
     model: Segger,
     inputs: GraphInputs,
     polygons: np.ndarray,
+    tile_index: TileIndex,
     settings: GraphSettings,
     rule: _AssignmentRule,
     device: torch.device | str = "cpu",
     model_lock: AbstractContextManager | None = None,
 ) -> _TileResult:
-    """Build one tile's graph, predict it and choose its core transcripts' shapes.
+    """Cut tile ``tile`` out of ``tile_index``, build its graph, predict it and choose its core transcripts' shapes.
 
     This is the Dask task of both the local and the distributed path. ``model_lock``, when
     given, is held while the model runs, so that tasks in threads sharing one GPU run it one at
     a time.
     """
     try:
-        data = build_tile_graph(inputs, tile, settings)
+        cut = tile_index.tile(tile, inputs.positions[:, :2], inputs.shape_centroids)
+        data = build_tile_graph(inputs, cut, settings)
+        del cut
         with model_lock or nullcontext(), _one_torch_thread(), torch.inference_mode():
             prediction = predict_tile(model, data, k_bd=settings.k_bd, device=device)
         del data
         return _choose_in_tile(prediction, inputs.positions, polygons, rule)
     except Exception as error:
-        error.add_note(f"Raised while predicting segger tile {tile.index}, core bounds {tile.bounds} µm.")
+        error.add_note(
+            f"Raised while predicting segger tile {tile}, core bounds {tile_index.grid.bounds(tile)} µm."
+        )
         raise
 
 
@@ -997,8 +1036,12 @@ def _training_tiles(
     else:
         chosen = set(candidates.tolist())
 
-    tiles = grid.tiles(inputs.positions[:, :2], inputs.shape_centroids)
-    return [build_tile_graph(inputs, tile, settings) for tile in tiles if tile.index in chosen]
+    xy = inputs.positions[:, :2]
+    tile_index = grid.index(xy, inputs.shape_centroids)
+    return [
+        build_tile_graph(inputs, tile_index.tile(number, xy, inputs.shape_centroids), settings)
+        for number in sorted(chosen)
+    ]
 
 
 def _graph_settings(
