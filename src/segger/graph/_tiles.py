@@ -172,11 +172,12 @@ class TileIndex:
         x_min, y_min, x_max, y_max = bounds
         margin = grid.margin
 
-        # A transcript within the margin has its core in one of the tiles around this one. One
-        # extra ring covers points whose tile rounding puts them on the other side of a border.
+        # A transcript within the margin has its core at most ceil(margin / width) tiles away.
+        # Where margin / width is a whole number, a transcript on the margin's edge lies on a tile
+        # border, where rounding could put it in the next tile, so floor + 1 tiles are searched.
         row, column = divmod(index, grid.shape[0])
-        reach_x = int(np.ceil(margin / grid.tile_width[0])) + 1
-        reach_y = int(np.ceil(margin / grid.tile_width[1])) + 1
+        reach_x = int(np.floor(margin / grid.tile_width[0])) + 1
+        reach_y = int(np.floor(margin / grid.tile_width[1])) + 1
         columns = np.arange(max(column - reach_x, 0), min(column + reach_x, grid.shape[0] - 1) + 1)
         rows = np.arange(max(row - reach_y, 0), min(row + reach_y, grid.shape[1] - 1) + 1)
         around = (rows[:, None] * grid.shape[0] + columns[None, :]).ravel()

@@ -748,9 +748,8 @@ def _predict_tiles_locally(
     """Run ``task`` on every tile as a task of Dask's local ``scheduler``, in tile order.
 
     Each task cuts its tile out of ``tile_index``, builds its graph and drops both once
-    predicted, so at most one tile per thread is alive. Freed memory is handed back to the
-    system after each task. On CUDA, graphs are built in parallel but one task at a time runs
-    the model.
+    predicted, so at most one tile per thread is alive. On CUDA, graphs are built in parallel
+    but one task at a time runs the model.
     """
     model.to(device)
     # NOTE: the CUDA path, with its lock, has only been run on machines without a GPU.
@@ -769,16 +768,10 @@ def _predict_tiles_locally(
     )
     delayed_results = [delayed_task(tile, dask_key_name=f"segger-tile-{tile}") for tile in tiles]
 
-    def finished(*_: Any) -> None:
-        bar.update()
-        # Each tile's temporaries are freed between long-lived results; without trimming, the
-        # allocator keeps those pages and the process grows with the number of tiles.
-        release_freed_memory()
-
     try:
         with (
             tqdm(total=len(tiles), desc="Predicting tiles", disable=not progress, leave=False) as bar,
-            Callback(posttask=finished),
+            Callback(posttask=lambda *_: bar.update()),
         ):
             if scheduler == "synchronous":
                 (results,) = dask.compute(delayed_results, scheduler="synchronous")
