@@ -233,7 +233,8 @@ def test_tiles_equal_definition_any_margin(tile_size, margin):
     grid = TileGrid.from_positions(xy, tile_size=tile_size, margin=margin)
     # More points on the float32 values nearest to each margin's edge and on either side of it;
     # a comparison in float32 would put some of them on the wrong side.
-    edges = np.array([grid.bounds(i) for i in range(grid.n_tiles)]) + [-margin, -margin, margin, margin]
+    bounds = np.array([grid.bounds(i) for i in range(grid.n_tiles)])
+    edges = bounds + np.array([-margin, -margin, margin, margin])
     nearest = edges.astype(np.float32)
     near = np.concatenate([nearest, *(np.nextafter(nearest, sign * np.inf) for sign in (-1, 1))])
     xy = np.concatenate([xy, near[:, [0, 1]], near[:, [2, 3]]]).astype(np.float32)
