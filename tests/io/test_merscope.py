@@ -265,3 +265,89 @@ def test_merscope_ovarian_crop():
             inside_any |= inside
     assert int(inside_any.sum()) == 8_322
     np.testing.assert_array_equal(points["overlaps_nucleus"], inside_any)
+
+
+# Lazy reading of detected_transcripts.csv
+
+
+def read_eagerly(folder, *, z_step=1.5) -> pd.DataFrame:
+    """The points of a MERSCOPE folder, read whole with pandas instead of block by block."""
+    from segger.io._merscope import _assign_to_polygons, read_cell_boundaries, read_transcripts
+    from segger.io._spatialdata import build_spatialdata
+
+    shapes = read_cell_boundaries(folder)
+    points = read_transcripts(folder / "detected_transcripts.csv", z_step=z_step)
+    _assign_to_polygons(points, shapes)
+    return build_spatialdata(points, {"cell_boundaries": shapes}).points["transcripts"].compute()
+
+
+@pytest.mark.parametrize(("block_bytes", "n_partitions"), [(1, 6), (100, 2), (10_000, 1)])
+def test_merscope_csv_blocks_equal_eager(tmp_path, monkeypatch, block_bytes, n_partitions):
+    monkeypatch.setattr("segger.io._csv.BYTES_PER_BLOCK", block_bytes)
+    write_folder(tmp_path)
+    file = tmp_path / "detected_transcripts.csv"
+    element = sg.io.merscope(tmp_path).points["transcripts"]
+
+    # The rows are 37 to 49 bytes long, so a block of 100 bytes ends in its third row.
+    assert [len(line) for line in file.read_bytes().splitlines(keepends=True)[1:]] == [37, 37, 49, 38, 37, 49]
+    assert element.npartitions == n_partitions
+    pd.testing.assert_frame_equal(element.compute(), read_eagerly(tmp_path))
+
+
+def test_merscope_csv_types_agree_across_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr("segger.io._csv.BYTES_PER_BLOCK", 1)
+    transcripts = make_transcripts()
+    # Integers in the first blocks, a string and a missing value in later ones.
+    transcripts["cell_id"] = [101, -1, 202, "UNASSIGNED", 202, 101]
+    transcripts["fov"] = [7, 7, 7, 7, None, 7]
+    write_folder(tmp_path, transcripts)
+    points = sg.io.merscope(tmp_path).points["transcripts"].compute()
+
+    assert points["fov"].dtype == np.float64
+    assert points["fov"].isna().tolist() == [False, False, False, False, True, False]
+    assert points["cell_id"].tolist()[:3] == ["101", pd.NA, "202"]
+    assert points["cell_id"].isna().tolist() == [False, True, False, True, False, False]
+    pd.testing.assert_frame_equal(points, read_eagerly(tmp_path))
+
+
+def test_merscope_csv_nan_in_later_block(tmp_path, monkeypatch):
+    monkeypatch.setattr("segger.io._csv.BYTES_PER_BLOCK", 1)
+    transcripts = make_transcripts()
+    transcripts.loc[[3, 5], "global_y"] = np.nan
+    write_folder(tmp_path, transcripts)
+    before = (tmp_path / "detected_transcripts.csv").read_bytes()
+
+    with pytest.raises(ValueError, match=r"2 of 6 transcripts .* 'global_y'"):
+        sg.io.merscope(tmp_path)
+    assert (tmp_path / "detected_transcripts.csv").read_bytes() == before
+
+
+def test_merscope_csv_windows_line_ends(tmp_path, monkeypatch):
+    monkeypatch.setattr("segger.io._csv.BYTES_PER_BLOCK", 100)
+    write_folder(tmp_path)
+    make_transcripts().to_csv(tmp_path / "detected_transcripts.csv", index=False, lineterminator="\r\n")
+    element = sg.io.merscope(tmp_path).points["transcripts"]
+
+    assert element.npartitions > 1
+    pd.testing.assert_frame_equal(element.compute(), read_eagerly(tmp_path))
+
+
+def test_merscope_csv_trailing_blank_lines(tmp_path, monkeypatch):
+    monkeypatch.setattr("segger.io._csv.BYTES_PER_BLOCK", 20)
+    write_folder(tmp_path)
+    with open(tmp_path / "detected_transcripts.csv", "a") as handle:
+        handle.write("\n\n\n")
+    points = sg.io.merscope(tmp_path).points["transcripts"].compute()
+
+    assert points["transcript_id"].tolist() == list(range(6))
+    pd.testing.assert_frame_equal(points, read_eagerly(tmp_path))
+
+
+def test_merscope_ovarian_crop_in_blocks(monkeypatch):
+    folder = shared_dataset("merscope_ovarian_subset")
+    monkeypatch.setattr("segger.io._csv.BYTES_PER_BLOCK", 100_000)
+    element = sg.io.merscope(folder).points["transcripts"]
+
+    # The crop's file is 1.17 MB.
+    assert element.npartitions == 12
+    pd.testing.assert_frame_equal(element.compute(), read_eagerly(folder))

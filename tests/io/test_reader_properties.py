@@ -14,6 +14,7 @@ import re
 import struct
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -648,12 +649,14 @@ def test_merscope_tables_follow_schema(data):
         label="corners",
     )
     sizes = data.draw(st.lists(st.floats(1.0, 20.0), min_size=3, max_size=3), label="sizes")
+    # A CSV file is read in blocks of about this many bytes: one row each, a few, or all.
+    block_bytes = data.draw(st.sampled_from([1, 200, 10**6]), label="block_bytes")
     rows = [
         (cell, [box_ring(x0, y0, size)])
         for cell, (x0, y0), size in zip(MERSCOPE_CELLS, corners, sizes, strict=True)
     ]
 
-    with tempfile.TemporaryDirectory() as name:
+    with tempfile.TemporaryDirectory() as name, mock.patch("segger.io._csv.BYTES_PER_BLOCK", block_bytes):
         folder = write_merscope(Path(name), frame, csv=csv)
         write_merscope_boundaries(folder, rows)
         sdata = sg.io.merscope(folder, z_step=z_step)

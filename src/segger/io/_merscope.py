@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
+import dask.dataframe as dd
 import geopandas as gpd
 import h5py
 import numpy as np
@@ -15,11 +18,14 @@ from spatialdata import SpatialData
 from tqdm.auto import tqdm
 
 from .. import _constants as C
+from ._csv import CsvBlock, CsvLayout, csv_columns, scan_csv
 from ._shapes import merge_polygons_by_id
 from ._spatialdata import (
     build_spatialdata,
     check_coordinates,
+    check_nonfinite_counts,
     check_required_columns,
+    count_nonfinite,
     flag_controls,
     read_transcript_table,
     to_cell_id_strings,
@@ -33,6 +39,7 @@ BOUNDARIES_HDF5_FOLDER = "cell_boundaries"
 BOUNDARIES_HDF5_PATTERN = "feature_data_*.hdf5"
 
 REQUIRED_COLUMNS = ("global_x", "global_y", "gene")
+COORDINATE_COLUMNS = ("global_x", "global_y", "global_z")
 # `x` and `y` are pixel positions inside the field of view, renamed to make way for the µm columns.
 COLUMN_NAMES = {
     "x": "x_local_px",
@@ -96,6 +103,10 @@ def merscope(path: str | Path, *, z_step: float | None = 1.5) -> SpatialData:
     planes against one 2-D polygon per cell. Each cell's planes are therefore merged into
     their union, so a cell whose outline changes with depth keeps the transcripts of every
     plane. Where the union falls apart into separate pieces, the largest piece is kept.
+
+    A plain ``detected_transcripts.csv`` is read lazily (see :func:`read_csv_transcripts`): one
+    pass checks it, and the points element reads each block of about 100 MB again when
+    computed. The parquet and gzipped files are read whole.
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -105,21 +116,42 @@ def merscope(path: str | Path, *, z_step: float | None = 1.5) -> SpatialData:
 
     transcripts_file = _find_transcripts(folder)
     shapes = read_cell_boundaries(folder)
-    points = read_transcripts(transcripts_file, z_step=z_step)
-    _assign_to_polygons(points, shapes)
+    if transcripts_file.name.endswith(".csv"):
+        points, summary = read_csv_transcripts(transcripts_file, shapes, z_step=z_step)
+    else:
+        points = read_transcripts(transcripts_file, z_step=z_step)
+        _assign_to_polygons(points, shapes)
+        summary = _Summary.from_points(points)
 
-    inside = int(points[C.OVERLAPS_NUCLEUS].sum())
     logger.info(
         "Read %d transcripts of %d features and %d cell polygons from %s. %d transcripts (%.1f %%) "
         "lie inside a polygon.",
-        len(points),
-        points[C.FEATURE_NAME].nunique(),
+        summary.n_transcripts,
+        summary.n_features,
         len(shapes),
         folder,
-        inside,
-        100.0 * inside / len(points),
+        summary.n_inside,
+        100.0 * summary.n_inside / summary.n_transcripts,
     )
     return build_spatialdata(points, {C.CELL_SHAPES_KEY: shapes})
+
+
+@dataclass(frozen=True)
+class _Summary:
+    """Counts that :func:`merscope` logs about the transcripts it read."""
+
+    n_transcripts: int
+    n_features: int
+    n_inside: int
+
+    @classmethod
+    def from_points(cls, points: pd.DataFrame) -> _Summary:
+        """Count the transcripts, features and transcripts inside a polygon of converted points."""
+        return cls(
+            n_transcripts=len(points),
+            n_features=points[C.FEATURE_NAME].nunique(),
+            n_inside=int(points[C.OVERLAPS_NUCLEUS].sum()),
+        )
 
 
 def read_transcripts(file: str | Path, *, z_step: float | None = 1.5) -> pd.DataFrame:
@@ -131,26 +163,137 @@ def read_transcripts(file: str | Path, *, z_step: float | None = 1.5) -> pd.Data
     _check_z_step(z_step)
     frame = read_transcript_table(file)
     check_required_columns(frame, REQUIRED_COLUMNS, source=file.name)
-    check_coordinates(frame, ("global_x", "global_y", "global_z"), source=file.name)
+    check_coordinates(frame, COORDINATE_COLUMNS, source=file.name)
+    _log_dropped_z(frame.columns, z_step, source=file.name)
+    return _to_points_schema(frame.reset_index(drop=True), z_step=z_step)
 
+
+def read_csv_transcripts(
+    file: str | Path, shapes: gpd.GeoDataFrame, *, z_step: float | None = 1.5, block_bytes: int | None = None
+) -> tuple[dd.DataFrame, _Summary]:
+    """Read a MERSCOPE ``detected_transcripts.csv`` lazily into the points schema, as a dask DataFrame.
+
+    One pass reads the file block by block to check the coordinates, collect the genes, fix
+    each column's type and count the transcripts inside ``shapes``. The returned frame reads,
+    converts and assigns each block to the polygons only when it is computed, so the file is
+    never loaded whole.
+
+    Parameters
+    ----------
+    file
+        The plain (not compressed) ``detected_transcripts.csv``.
+    shapes
+        The cell polygons from :func:`read_cell_boundaries`.
+    z_step
+        See :func:`merscope`.
+    block_bytes
+        Approximate bytes per partition, :data:`segger.io._csv.BYTES_PER_BLOCK` when ``None``.
+
+    Returns
+    -------
+    The transcripts as :func:`merscope` puts them in its points element, with ``feature_name``
+    a categorical of the sorted gene names and the row number as index, and the counts that
+    :func:`merscope` logs.
+    """
+    file = Path(file)
+    _check_z_step(z_step)
+    columns = csv_columns(file)
+    if not columns:
+        _raise_empty(file)
+    check_required_columns(pd.DataFrame(columns=columns), REQUIRED_COLUMNS, source=file.name)
+
+    scan = _Scan(shapes=shapes, z_step=z_step)
+    layout = scan_csv(file, inspect=scan, block_bytes=block_bytes)
+    if layout.n_rows == 0:
+        _raise_empty(file)
+    check_nonfinite_counts(scan.nonfinite, layout.n_rows, source=file.name)
+    _log_dropped_z(columns, z_step, source=file.name)
+
+    genes = tuple(sorted(scan.genes))
+    empty = pd.DataFrame({column: pd.Series([], dtype=dtype) for column, dtype in layout.dtypes.items()})
+    meta = _to_points_schema(empty, z_step=z_step, genes=genes)
+    _assign_to_polygons(meta, shapes)
+    load = partial(_load_block, layout=layout, shapes=shapes, z_step=z_step, genes=genes)
+    points = dd.from_map(
+        load,
+        layout.blocks,
+        meta=meta,
+        divisions=(*(block.first_row for block in layout.blocks), layout.n_rows - 1),
+        label="merscope-transcripts",
+        enforce_metadata=False,
+    )
+    summary = _Summary(n_transcripts=layout.n_rows, n_features=len(genes), n_inside=scan.n_inside)
+    return points, summary
+
+
+@dataclass
+class _Scan:
+    """Checks and counts gathered over the blocks of a transcripts file as :func:`scan_csv` reads them."""
+
+    shapes: gpd.GeoDataFrame
+    z_step: float | None
+    nonfinite: dict[str, int] = field(default_factory=dict)
+    genes: set[str] = field(default_factory=set)
+    n_inside: int = 0
+
+    def __call__(self, frame: pd.DataFrame) -> None:
+        for column, n_bad in count_nonfinite(frame, COORDINATE_COLUMNS).items():
+            self.nonfinite[column] = self.nonfinite.get(column, 0) + n_bad
+        points = _to_points_schema(frame, z_step=self.z_step)
+        self.genes.update(points[C.FEATURE_NAME].unique())
+        _assign_to_polygons(points, self.shapes)
+        self.n_inside += int(points[C.OVERLAPS_NUCLEUS].sum())
+
+
+def _load_block(
+    block: CsvBlock,
+    *,
+    layout: CsvLayout,
+    shapes: gpd.GeoDataFrame,
+    z_step: float | None,
+    genes: tuple[str, ...],
+) -> pd.DataFrame:
+    """Read one block of the transcripts file, convert it and assign it to the cell polygons."""
+    points = _to_points_schema(layout.read(block), z_step=z_step, genes=genes)
+    _assign_to_polygons(points, shapes)
+    return points
+
+
+def _to_points_schema(
+    frame: pd.DataFrame, *, z_step: float | None, genes: tuple[str, ...] | None = None
+) -> pd.DataFrame:
+    """Convert checked MERSCOPE rows, indexed by row number, to the points schema.
+
+    ``genes`` makes ``feature_name`` a categorical of those names; ``None`` keeps strings.
+    """
     if C.TRANSCRIPT_ID in frame.columns:
         # MERSCOPE's transcript_id identifies the gene (the codebook id), not the transcript.
         frame = frame.rename(columns={C.TRANSCRIPT_ID: "gene_id"})
     frame = frame.rename(columns=COLUMN_NAMES)
     frame[C.FEATURE_NAME] = frame[C.FEATURE_NAME].astype(str)
-    frame[C.TRANSCRIPT_ID] = np.arange(len(frame), dtype=np.int64)
+    if genes is not None:
+        frame[C.FEATURE_NAME] = frame[C.FEATURE_NAME].astype(pd.CategoricalDtype(list(genes)))
+    frame[C.TRANSCRIPT_ID] = frame.index.to_numpy(dtype=np.int64)
 
-    if "global_z" not in frame.columns:
-        logger.info("%s has no global_z column, so z is dropped and the graph is 2-D.", file.name)
-    elif z_step is None:
-        logger.info("z_step is None, so z is dropped and the graph is 2-D.")
-    else:
+    if "global_z" in frame.columns and z_step is not None:
         frame[C.Z] = frame["global_z"].to_numpy(dtype=np.float64) * z_step
 
     if C.CELL_ID in frame.columns:
         frame[C.CELL_ID] = to_cell_id_strings(frame[C.CELL_ID])
     frame[C.IS_CONTROL] = flag_controls(frame[C.FEATURE_NAME], CONTROL_PREFIXES)
-    return frame.reset_index(drop=True)
+    return frame
+
+
+def _log_dropped_z(columns: list[str] | pd.Index, z_step: float | None, *, source: str) -> None:
+    if "global_z" not in columns:
+        logger.info("%s has no global_z column, so z is dropped and the graph is 2-D.", source)
+    elif z_step is None:
+        logger.info("z_step is None, so z is dropped and the graph is 2-D.")
+
+
+def _raise_empty(file: Path) -> None:
+    msg = f"{file.name} in {str(file.parent)!r} contains no transcripts. Check that the export is complete."
+    raise ValueError(msg)
 
 
 def read_cell_boundaries(folder: str | Path) -> gpd.GeoDataFrame:

@@ -1,0 +1,159 @@
+"""Read a large plain CSV file lazily, in blocks of whole lines."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+# Bytes per block of a lazily read CSV file. A row of MERSCOPE's detected_transcripts.csv takes
+# about 77 bytes, so a block is about 1.4 million rows, which pandas holds in an estimated few
+# hundred MB.
+BYTES_PER_BLOCK = 100 * 2**20
+
+
+@dataclass(frozen=True)
+class CsvBlock:
+    """A run of whole lines of a CSV file, read on its own with the file's header.
+
+    Attributes
+    ----------
+    start, stop
+        Byte range of the lines in the file.
+    first_row
+        Row number (0 for the first line after the header) of the block's first row.
+    n_rows
+        Number of rows in the block.
+    """
+
+    start: int
+    stop: int
+    first_row: int
+    n_rows: int
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    """The blocks of a CSV file and the column types that every block is read with.
+
+    Attributes
+    ----------
+    file
+        The CSV file.
+    header
+        The header line, as bytes.
+    blocks
+        The blocks that contain rows, in file order.
+    dtypes
+        Type of each column, the same in every block (see :func:`scan_csv`).
+    """
+
+    file: Path
+    header: bytes
+    blocks: tuple[CsvBlock, ...]
+    dtypes: dict[str, np.dtype]
+
+    @property
+    def n_rows(self) -> int:
+        """Number of rows in the file."""
+        return sum(block.n_rows for block in self.blocks)
+
+    def read(self, block: CsvBlock) -> pd.DataFrame:
+        """Read one block with the file's column types; its index is the row number in the file."""
+        frame = _read_lines(self.file, self.header, block.start, block.stop, dtype=self.dtypes)
+        frame.index = pd.RangeIndex(block.first_row, block.first_row + len(frame))
+        return frame
+
+
+def csv_columns(file: Path) -> list[str]:
+    """Return the column names in the header line of ``file``; an empty list for an empty file."""
+    with open(file, "rb") as handle:
+        header = handle.readline()
+    if not header.strip():
+        return []
+    return list(pd.read_csv(io.BytesIO(header), nrows=0).columns)
+
+
+def scan_csv(
+    file: Path, *, inspect: Callable[[pd.DataFrame], None], block_bytes: int | None = None
+) -> CsvLayout:
+    """Read ``file`` once, block by block, and return the layout to read it lazily.
+
+    Each block is read with pandas' type inference and passed to ``inspect``, which can check or
+    count its rows. A column whose inferred type differs between blocks gets one common type:
+    float64 where the blocks found only numbers, object (strings) otherwise. So every block then
+    reads to the same columns and types, as a lazy frame needs.
+
+    Lines are split at newline bytes, so a quoted field must not span lines; the vendors' files
+    have no such fields.
+
+    Parameters
+    ----------
+    file
+        A plain (not compressed) CSV file with a header line.
+    inspect
+        Called with each block as read, row numbers as index.
+    block_bytes
+        Approximate size of a block, :data:`BYTES_PER_BLOCK` when ``None``.
+    """
+    header, ranges = _split_lines(file, block_bytes or BYTES_PER_BLOCK)
+    blocks, block_dtypes = [], []
+    first_row = 0
+    for start, stop in ranges:
+        frame = _read_lines(file, header, start, stop)
+        if frame.empty:
+            continue
+        frame.index = pd.RangeIndex(first_row, first_row + len(frame))
+        inspect(frame)
+        blocks.append(CsvBlock(start=start, stop=stop, first_row=first_row, n_rows=len(frame)))
+        block_dtypes.append(frame.dtypes)
+        first_row += len(frame)
+
+    dtypes = {}
+    for column in csv_columns(file):
+        found = {types[column] for types in block_dtypes}
+        dtypes[column] = _common_dtype(found)
+    return CsvLayout(file=file, header=header, blocks=tuple(blocks), dtypes=dtypes)
+
+
+def _split_lines(file: Path, block_bytes: int) -> tuple[bytes, list[tuple[int, int]]]:
+    """Return the header line and the byte ranges of blocks of whole lines that follow it."""
+    size = file.stat().st_size
+    ranges = []
+    with open(file, "rb") as handle:
+        header = handle.readline()
+        start = handle.tell()
+        while start < size:
+            if start + block_bytes >= size:
+                stop = size
+            else:
+                # Read on to the end of the line that the block's last byte belongs to.
+                handle.seek(start + block_bytes - 1)
+                handle.readline()
+                stop = handle.tell()
+            ranges.append((start, stop))
+            start = stop
+    return header, ranges
+
+
+def _read_lines(file: Path, header: bytes, start: int, stop: int, **options) -> pd.DataFrame:
+    with open(file, "rb") as handle:
+        handle.seek(start)
+        lines = handle.read(stop - start)
+    if not header.endswith(b"\n"):
+        header += b"\n"
+    return pd.read_csv(io.BytesIO(header + lines), **options)
+
+
+def _common_dtype(dtypes: set[np.dtype]) -> np.dtype:
+    if len(dtypes) == 1:
+        return next(iter(dtypes))
+    if dtypes and all(
+        pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype) for dtype in dtypes
+    ):
+        return np.dtype(np.float64)
+    return np.dtype(object)
