@@ -376,3 +376,61 @@ def test_cosmx_lung_crop(caplog):
         polygon = cells.geometry[f"9_{cell_number}"]
         n_covered += int(shapely.intersects_xy(polygon, points["x"][own], points["y"][own]).sum())
     assert n_covered == 15_474
+
+
+# Lazy reading of *tx_file.csv
+
+
+def read_eagerly(folder, file_name="Run1_tx_file.csv", **kwargs):
+    """The points and nuclei of a CosMx folder, read whole with pandas instead of block by block."""
+    from segger.io._cosmx import nucleus_polygons, read_transcripts
+
+    points = read_transcripts(folder / file_name, **kwargs)
+    return points, nucleus_polygons(points)
+
+
+@pytest.mark.parametrize(("block_bytes", "n_partitions"), [(1, 12), (10**6, 1)])
+def test_cosmx_csv_blocks_equal_eager(tmp_path, monkeypatch, caplog, block_bytes, n_partitions):
+    monkeypatch.setattr("segger.io._csv.BYTES_PER_BLOCK", block_bytes)
+    write_folder(tmp_path)
+    with caplog.at_level(logging.INFO, logger="segger"):
+        sdata = sg.io.cosmx(tmp_path, pixel_size=PIXEL_SIZE)
+    element = sdata.points["transcripts"]
+    points, nuclei = read_eagerly(tmp_path, pixel_size=PIXEL_SIZE)
+
+    assert element.npartitions == n_partitions
+    pd.testing.assert_frame_equal(
+        element.compute(), sg.io._spatialdata.build_spatialdata(points, {}).points["transcripts"].compute()
+    )
+    assert sdata.shapes["nucleus_boundaries"].index.tolist() == nuclei.index.tolist()
+    assert sdata.shapes["nucleus_boundaries"].geom_equals(nuclei).all()
+    assert "Mask CellLabels_F003.tif: 100.0 % of the 7 assigned transcripts" in caplog.text
+
+
+def test_cosmx_csv_invalid_cell_id_in_later_block(tmp_path, monkeypatch):
+    monkeypatch.setattr("segger.io._csv.BYTES_PER_BLOCK", 1)
+    transcripts = make_transcripts()
+    transcripts["cell_ID"] = transcripts["cell_ID"].astype(object)
+    transcripts.loc[10, "cell_ID"] = "c5"
+
+    with pytest.raises(ValueError, match=r"'cell_ID' of Run1_tx_file\.csv must hold whole numbers .* 'c5'"):
+        sg.io.cosmx(write_folder(tmp_path, transcripts))
+
+
+def test_cosmx_lung_crop_in_blocks(monkeypatch, caplog):
+    folder = shared_dataset("cosmx_lung9_sample1")
+    monkeypatch.setattr("segger.io._csv.BYTES_PER_BLOCK", 200_000)
+    with caplog.at_level(logging.INFO, logger="segger"):
+        sdata = sg.io.cosmx(folder)
+    element = sdata.points["transcripts"]
+    points, nuclei = read_eagerly(folder, "tx_file.csv")
+
+    # The crop's file is 2.2 MB.
+    assert element.npartitions == 12
+    pd.testing.assert_frame_equal(
+        element.compute(), sg.io._spatialdata.build_spatialdata(points, {}).points["transcripts"].compute()
+    )
+    assert sdata.shapes["nucleus_boundaries"].index.tolist() == nuclei.index.tolist()
+    assert sdata.shapes["nucleus_boundaries"].geom_equals(nuclei).all()
+    assert len(sdata.shapes["cell_boundaries"]) == 58
+    assert "CellLabels_F001.tif: 98.3 % of the 15745 assigned transcripts" in caplog.text

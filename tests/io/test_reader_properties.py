@@ -837,8 +837,10 @@ def test_cosmx_tables_follow_schema(data):
     pixel_size = data.draw(st.floats(0.05, 1.0), label="pixel_size")
     z_step = data.draw(st.one_of(st.none(), st.floats(0.1, 3.0)), label="z_step")
     min_nuclear = data.draw(st.integers(1, 4), label="min_nuclear_transcripts")
+    # A CSV file is read in blocks of about this many bytes: one row each, a few, or all.
+    block_bytes = data.draw(st.sampled_from([1, 200, 10**6]), label="block_bytes")
 
-    with tempfile.TemporaryDirectory() as name:
+    with tempfile.TemporaryDirectory() as name, mock.patch("segger.io._csv.BYTES_PER_BLOCK", block_bytes):
         folder = write_cosmx(Path(name), frame, csv=csv)
         sdata = sg.io.cosmx(folder, pixel_size=pixel_size, z_step=z_step, min_nuclear_transcripts=min_nuclear)
         points = read_points(sdata)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import math
 import re
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
+import dask.dataframe as dd
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -16,11 +19,14 @@ from spatialdata import SpatialData
 from tqdm.auto import tqdm
 
 from .. import _constants as C
+from ._csv import CsvBlock, CsvLayout, csv_columns, scan_csv
 from ._shapes import merge_polygons_by_id
 from ._spatialdata import (
     build_spatialdata,
     check_coordinates,
+    check_nonfinite_counts,
     check_required_columns,
+    count_nonfinite,
     flag_controls,
     read_transcript_table,
 )
@@ -32,6 +38,10 @@ FOV_POSITION_PATTERNS = ("*fov_positions_file.csv", "*fov_positions_file.csv.gz"
 LABEL_MASK_NAME = re.compile(r"^CellLabels_F(\d+)\.tiff?$")
 
 REQUIRED_COLUMNS = ("fov", "cell_ID", "x_global_px", "y_global_px", "target", "CellComp")
+COORDINATE_COLUMNS = ("x_global_px", "y_global_px", "z")
+# Columns of the converted points that the nucleus polygons and the label-mask checks read.
+NUCLEAR_COLUMNS = (C.CELL_ID, C.X, C.Y, C.OVERLAPS_NUCLEUS)
+PIXEL_COLUMNS = ("fov", "cell_ID", "x_global_px", "y_global_px")
 CONTROL_PREFIXES = ("NegPrb", "Negative", "SystemControl", "FalseCode")
 NUCLEAR_COMPARTMENT = "Nuclear"
 # Tracing a 4256 x 4256 px mask with 3,000 labels took about 10 s on 2 shared CPU cores.
@@ -126,6 +136,10 @@ def cosmx(
     polygons are the exact pixel outlines of each label, named after the FOV of the
     transcripts they were checked against. When that FOV differs from the one in the mask's
     file name, a warning names both.
+
+    A plain ``*tx_file.csv`` is read lazily (see :func:`read_csv_transcripts`): one pass checks
+    it and keeps the columns that the nuclei and the masks need, and the points element reads
+    each block of about 100 MB again when computed. Gzipped and parquet files are read whole.
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -142,10 +156,16 @@ def cosmx(
         raise ValueError(msg)
 
     transcripts_file = _find_one(folder, TRANSCRIPT_PATTERNS, required=True)
-    points = read_transcripts(transcripts_file, pixel_size=pixel_size, z_step=z_step)
+    if transcripts_file.name.endswith(".csv"):
+        points, shape_inputs = read_csv_transcripts(transcripts_file, pixel_size=pixel_size, z_step=z_step)
+    else:
+        points = read_transcripts(transcripts_file, pixel_size=pixel_size, z_step=z_step)
+        shape_inputs = _ShapeInputs.from_points(points)
 
     shapes = {}
-    nuclei = nucleus_polygons(points, buffer=nucleus_buffer, min_transcripts=min_nuclear_transcripts)
+    nuclei = nucleus_polygons(
+        shape_inputs.nuclear, buffer=nucleus_buffer, min_transcripts=min_nuclear_transcripts
+    )
     if nuclei.empty:
         logger.warning(
             "No cell in %s has %d or more nuclear transcripts, so nucleus_boundaries is left out.",
@@ -155,14 +175,16 @@ def cosmx(
     else:
         shapes[C.NUCLEUS_SHAPES_KEY] = nuclei
     if cell_labels:
-        cells = read_label_masks(folder, points, pixel_size=pixel_size, min_agreement=min_mask_agreement)
+        cells = read_label_masks(
+            folder, shape_inputs.pixels, pixel_size=pixel_size, min_agreement=min_mask_agreement
+        )
         if cells is not None:
             shapes[C.CELL_SHAPES_KEY] = cells
 
     logger.info(
         "Read %d transcripts of %d features, %d nuclei and %d cell polygons from %s.",
-        len(points),
-        points[C.FEATURE_NAME].nunique(),
+        shape_inputs.n_transcripts,
+        shape_inputs.n_features,
         len(shapes.get(C.NUCLEUS_SHAPES_KEY, ())),
         len(shapes.get(C.CELL_SHAPES_KEY, ())),
         folder,
@@ -170,37 +192,171 @@ def cosmx(
     return build_spatialdata(points, shapes)
 
 
+@dataclass
+class _ShapeInputs:
+    """The few columns of the transcripts that the nucleus polygons and the mask checks need.
+
+    Attributes
+    ----------
+    nuclear
+        ``cell_id``, ``x``, ``y`` and ``overlaps_nucleus`` (all True) of the nuclear transcripts.
+    pixels
+        ``fov``, ``cell_ID``, ``x_global_px`` and ``y_global_px`` of every transcript.
+    n_transcripts, n_features
+        Numbers of transcripts and of distinct features.
+    """
+
+    nuclear: pd.DataFrame
+    pixels: pd.DataFrame
+    n_transcripts: int
+    n_features: int
+
+    @classmethod
+    def from_points(cls, points: pd.DataFrame) -> _ShapeInputs:
+        """Select the columns from points converted by :func:`read_transcripts`."""
+        return cls(
+            nuclear=points.loc[points[C.OVERLAPS_NUCLEUS], list(NUCLEAR_COLUMNS)],
+            pixels=points[list(PIXEL_COLUMNS)],
+            n_transcripts=len(points),
+            n_features=points[C.FEATURE_NAME].nunique(),
+        )
+
+
 def read_transcripts(
     file: str | Path, *, pixel_size: float = 0.18, z_step: float | None = None
 ) -> pd.DataFrame:
     """Read a CosMx transcript file into the points schema as a pandas DataFrame (see :func:`cosmx`)."""
     file = Path(file)
-    if z_step is not None and not (math.isfinite(z_step) and z_step > 0):
-        msg = f"z_step must be a positive number of µm per z plane, or None to drop z; got {z_step!r}."
-        raise ValueError(msg)
+    _check_z_step(z_step)
     frame = read_transcript_table(file)
     check_required_columns(frame, REQUIRED_COLUMNS, source=file.name)
-    check_coordinates(frame, ("x_global_px", "y_global_px", "z"), source=file.name)
+    check_coordinates(frame, COORDINATE_COLUMNS, source=file.name)
+    _log_dropped_z(frame.columns, z_step, source=file.name)
+    return _to_points_schema(
+        frame.reset_index(drop=True), pixel_size=pixel_size, z_step=z_step, source=file.name
+    )
 
+
+def read_csv_transcripts(
+    file: str | Path, *, pixel_size: float = 0.18, z_step: float | None = None, block_bytes: int | None = None
+) -> tuple[dd.DataFrame, _ShapeInputs]:
+    """Read a CosMx ``*tx_file.csv`` lazily into the points schema, as a dask DataFrame.
+
+    One pass reads the file block by block to check it, collect the features, fix each column's
+    type, and keep the few columns that the nucleus polygons and the label-mask checks need.
+    The returned frame reads and converts each block only when it is computed, so the file is
+    never loaded whole.
+
+    Parameters
+    ----------
+    file
+        The plain (not compressed) transcript file.
+    pixel_size, z_step
+        See :func:`cosmx`.
+    block_bytes
+        Approximate bytes per partition, :data:`segger.io._csv.BYTES_PER_BLOCK` when ``None``.
+
+    Returns
+    -------
+    The transcripts as :func:`cosmx` puts them in its points element, with ``feature_name`` a
+    categorical of the sorted feature names and the row number as index, and the columns kept
+    for the shapes.
+    """
+    file = Path(file)
+    _check_z_step(z_step)
+    columns = csv_columns(file)
+    if not columns:
+        _raise_empty(file)
+    check_required_columns(pd.DataFrame(columns=columns), REQUIRED_COLUMNS, source=file.name)
+
+    scan = _Scan(pixel_size=pixel_size, z_step=z_step, source=file.name)
+    layout = scan_csv(file, inspect=scan, block_bytes=block_bytes)
+    if layout.n_rows == 0:
+        _raise_empty(file)
+    check_nonfinite_counts(scan.nonfinite, layout.n_rows, source=file.name)
+    _log_dropped_z(columns, z_step, source=file.name)
+
+    features = tuple(sorted(scan.features))
+    empty = pd.DataFrame({column: pd.Series([], dtype=dtype) for column, dtype in layout.dtypes.items()})
+    meta = _to_points_schema(empty, pixel_size=pixel_size, z_step=z_step, source=file.name, features=features)
+    load = partial(_load_block, layout=layout, pixel_size=pixel_size, z_step=z_step, features=features)
+    points = dd.from_map(
+        load,
+        layout.blocks,
+        meta=meta,
+        divisions=(*(block.first_row for block in layout.blocks), layout.n_rows - 1),
+        label="cosmx-transcripts",
+        enforce_metadata=False,
+    )
+    shape_inputs = _ShapeInputs(
+        nuclear=pd.concat(scan.nuclear),
+        pixels=pd.concat(scan.pixels),
+        n_transcripts=layout.n_rows,
+        n_features=len(features),
+    )
+    return points, shape_inputs
+
+
+@dataclass
+class _Scan:
+    """Checks and columns gathered over the blocks of a transcript file as :func:`scan_csv` reads them."""
+
+    pixel_size: float
+    z_step: float | None
+    source: str
+    nonfinite: dict[str, int] = field(default_factory=dict)
+    features: set[str] = field(default_factory=set)
+    nuclear: list[pd.DataFrame] = field(default_factory=list)
+    pixels: list[pd.DataFrame] = field(default_factory=list)
+
+    def __call__(self, frame: pd.DataFrame) -> None:
+        for column, n_bad in count_nonfinite(frame, COORDINATE_COLUMNS).items():
+            self.nonfinite[column] = self.nonfinite.get(column, 0) + n_bad
+        points = _to_points_schema(frame, pixel_size=self.pixel_size, z_step=self.z_step, source=self.source)
+        self.features.update(points[C.FEATURE_NAME].unique())
+        inputs = _ShapeInputs.from_points(points)
+        self.nuclear.append(inputs.nuclear)
+        self.pixels.append(inputs.pixels)
+
+
+def _load_block(
+    block: CsvBlock, *, layout: CsvLayout, pixel_size: float, z_step: float | None, features: tuple[str, ...]
+) -> pd.DataFrame:
+    """Read one block of the transcript file and convert it to the points schema."""
+    return _to_points_schema(
+        layout.read(block), pixel_size=pixel_size, z_step=z_step, source=layout.file.name, features=features
+    )
+
+
+def _to_points_schema(
+    frame: pd.DataFrame,
+    *,
+    pixel_size: float,
+    z_step: float | None,
+    source: str,
+    features: tuple[str, ...] | None = None,
+) -> pd.DataFrame:
+    """Convert checked CosMx rows, indexed by row number, to the points schema.
+
+    ``features`` makes ``feature_name`` a categorical of those names; ``None`` keeps strings.
+    """
     renamed = {old: new for old, new in RENAMED_VENDOR_COLUMNS.items() if old in frame.columns}
     frame = frame.rename(columns=renamed)
     frame[C.X] = frame["x_global_px"].to_numpy(dtype=np.float64) * pixel_size
     frame[C.Y] = frame["y_global_px"].to_numpy(dtype=np.float64) * pixel_size
-    if "z_plane" not in frame.columns:
-        logger.info("%s has no z column, so z is dropped and the graph is 2-D.", file.name)
-    elif z_step is None:
-        logger.info("z_step is None, so z is dropped and the graph is 2-D. Pass z_step in µm to keep it.")
-    else:
+    if "z_plane" in frame.columns and z_step is not None:
         frame[C.Z] = frame["z_plane"].to_numpy(dtype=np.float64) * z_step
 
     frame[C.FEATURE_NAME] = frame["target"].astype(str)
-    frame[C.TRANSCRIPT_ID] = np.arange(len(frame), dtype=np.int64)
+    if features is not None:
+        frame[C.FEATURE_NAME] = frame[C.FEATURE_NAME].astype(pd.CategoricalDtype(list(features)))
+    frame[C.TRANSCRIPT_ID] = frame.index.to_numpy(dtype=np.int64)
 
     numbers = pd.to_numeric(frame["cell_ID"], errors="coerce")
     not_integer = numbers.isna() | (numbers % 1 != 0)
     if not_integer.any():
         msg = (
-            f"Column 'cell_ID' of {file.name} must hold whole numbers (0 for no cell), but "
+            f"Column 'cell_ID' of {source} must hold whole numbers (0 for no cell), but "
             f"{int(not_integer.sum())} rows do not, for example {frame['cell_ID'][not_integer].iloc[0]!r}. "
             "Check that the file is an unmodified CosMx export."
         )
@@ -212,7 +368,25 @@ def read_transcripts(
     frame[C.CELL_ID] = cell_ids.astype("string").mask(~assigned, pd.NA)
     frame[C.OVERLAPS_NUCLEUS] = (frame["CellComp"].astype(str) == NUCLEAR_COMPARTMENT).to_numpy() & assigned
     frame[C.IS_CONTROL] = flag_controls(frame[C.FEATURE_NAME], CONTROL_PREFIXES)
-    return frame.reset_index(drop=True)
+    return frame
+
+
+def _check_z_step(z_step: float | None) -> None:
+    if z_step is not None and not (math.isfinite(z_step) and z_step > 0):
+        msg = f"z_step must be a positive number of µm per z plane, or None to drop z; got {z_step!r}."
+        raise ValueError(msg)
+
+
+def _log_dropped_z(columns: list[str] | pd.Index, z_step: float | None, *, source: str) -> None:
+    if "z_plane" not in columns and "z" not in columns:
+        logger.info("%s has no z column, so z is dropped and the graph is 2-D.", source)
+    elif z_step is None:
+        logger.info("z_step is None, so z is dropped and the graph is 2-D. Pass z_step in µm to keep it.")
+
+
+def _raise_empty(file: Path) -> None:
+    msg = f"{file.name} in {str(file.parent)!r} contains no transcripts. Check that the export is complete."
+    raise ValueError(msg)
 
 
 def nucleus_polygons(
