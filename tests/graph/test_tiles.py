@@ -231,8 +231,8 @@ def test_tiles_equal_definition_any_margin(tile_size, margin):
     xy[on_border] = np.round(xy[on_border] / tile_size) * tile_size
     xy = xy.astype(np.float32)
     grid = TileGrid.from_positions(xy, tile_size=tile_size, margin=margin)
-    # More points on the float32 values nearest to each margin's edge and on either side of it;
-    # a comparison in float32 would put some of them on the wrong side.
+    # More points lie on the float32 values nearest to each margin's edge and on either side of
+    # it. A comparison in float32 would put some of them on the wrong side.
     bounds = np.array([grid.bounds(i) for i in range(grid.n_tiles)])
     edges = bounds + np.array([-margin, -margin, margin, margin])
     nearest = edges.astype(np.float32)

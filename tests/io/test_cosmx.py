@@ -407,7 +407,7 @@ def test_cosmx_csv_blocks_equal_eager(tmp_path, monkeypatch, caplog, block_bytes
     assert "Mask CellLabels_F003.tif: 100.0 % of the 7 assigned transcripts" in caplog.text
 
 
-def test_cosmx_csv_invalid_cell_id_in_later_block(tmp_path, monkeypatch):
+def test_cosmx_csv_late_bad_cell_id(tmp_path, monkeypatch):
     monkeypatch.setattr("segger.io._csv.BYTES_PER_BLOCK", 1)
     transcripts = make_transcripts()
     transcripts["cell_ID"] = transcripts["cell_ID"].astype(object)

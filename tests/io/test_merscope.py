@@ -294,7 +294,7 @@ def test_merscope_csv_blocks_equal_eager(tmp_path, monkeypatch, block_bytes, n_p
     pd.testing.assert_frame_equal(element.compute(), read_eagerly(tmp_path))
 
 
-def test_merscope_csv_types_agree_across_blocks(tmp_path, monkeypatch):
+def test_merscope_csv_block_types_agree(tmp_path, monkeypatch):
     monkeypatch.setattr("segger.io._csv.BYTES_PER_BLOCK", 1)
     transcripts = make_transcripts()
     # Integers in the first blocks, a string and a missing value in later ones.
@@ -310,7 +310,7 @@ def test_merscope_csv_types_agree_across_blocks(tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(points, read_eagerly(tmp_path))
 
 
-def test_merscope_csv_nan_in_later_block(tmp_path, monkeypatch):
+def test_merscope_csv_late_nan(tmp_path, monkeypatch):
     monkeypatch.setattr("segger.io._csv.BYTES_PER_BLOCK", 1)
     transcripts = make_transcripts()
     transcripts.loc[[3, 5], "global_y"] = np.nan
