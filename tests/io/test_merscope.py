@@ -351,3 +351,18 @@ def test_merscope_ovarian_crop_in_blocks(monkeypatch):
     # The crop's file is 1.17 MB.
     assert element.npartitions == 12
     pd.testing.assert_frame_equal(element.compute(), read_eagerly(folder))
+
+
+def test_merscope_csv_unclosed_quote(tmp_path, monkeypatch):
+    monkeypatch.setattr("segger.io._csv.BYTES_PER_BLOCK", 1)
+    transcripts = make_transcripts()
+    write_folder(tmp_path, transcripts)
+    file = tmp_path / "detected_transcripts.csv"
+    lines = file.read_text().splitlines(keepends=True)
+    lines[5] = lines[5].replace("ACTB", '"ACTB')
+    file.write_text("".join(lines))
+
+    with pytest.raises(
+        ValueError, match=r"detected_transcripts\.csv .* block that starts at data row 4 .*EOF inside"
+    ):
+        sg.io.merscope(tmp_path)

@@ -139,7 +139,7 @@ def cosmx(
 
     A plain ``*tx_file.csv`` is read lazily (see :func:`read_csv_transcripts`): one pass checks
     it and keeps the columns that the nuclei and the masks need, and the points element reads
-    each block of about 100 MB again when computed. Gzipped and parquet files are read whole.
+    each block of about 16 MB again when computed. Gzipped and parquet files are read whole.
     """
     folder = Path(path)
     if not folder.is_dir():

@@ -105,7 +105,7 @@ def merscope(path: str | Path, *, z_step: float | None = 1.5) -> SpatialData:
     plane. Where the union falls apart into separate pieces, the largest piece is kept.
 
     A plain ``detected_transcripts.csv`` is read lazily (see :func:`read_csv_transcripts`): one
-    pass checks it, and the points element reads each block of about 100 MB again when
+    pass checks it, and the points element reads each block of about 16 MB again when
     computed. The parquet and gzipped files are read whole.
     """
     folder = Path(path)
