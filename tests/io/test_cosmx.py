@@ -434,3 +434,15 @@ def test_cosmx_lung_crop_in_blocks(monkeypatch, caplog):
     assert sdata.shapes["nucleus_boundaries"].geom_equals(nuclei).all()
     assert len(sdata.shapes["cell_boundaries"]) == 58
     assert "CellLabels_F001.tif: 98.3 % of the 15745 assigned transcripts" in caplog.text
+
+
+def test_cosmx_csv_missing_target(tmp_path, monkeypatch):
+    monkeypatch.setattr("segger.io._csv.BYTES_PER_BLOCK", 1)
+    transcripts = make_transcripts()
+    transcripts.loc[[7, 10], "target"] = None
+
+    with pytest.raises(
+        ValueError,
+        match=r"2 of 12 transcripts in Run1_tx_file\.csv have no 'target' value, the first in data row 7",
+    ):
+        sg.io.cosmx(write_folder(tmp_path, transcripts))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gzip
 import logging
 
 import h5py
@@ -365,4 +366,35 @@ def test_merscope_csv_unclosed_quote(tmp_path, monkeypatch):
     with pytest.raises(
         ValueError, match=r"detected_transcripts\.csv .* block that starts at data row 4 .*EOF inside"
     ):
+        sg.io.merscope(tmp_path)
+
+
+def test_merscope_csv_empty_gene(tmp_path, monkeypatch):
+    monkeypatch.setattr("segger.io._csv.BYTES_PER_BLOCK", 1)
+    transcripts = make_transcripts()
+    transcripts.loc[3, "gene"] = ""
+    write_folder(tmp_path, transcripts)
+
+    with pytest.raises(
+        ValueError,
+        match=r"1 of 6 transcripts in detected_transcripts\.csv have no 'gene' value, the first in data row 3",
+    ):
+        sg.io.merscope(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", ["csv", "csv.gz"])
+def test_merscope_last_row_cut_short(tmp_path, suffix):
+    write_folder(tmp_path)
+    file = tmp_path / "detected_transcripts.csv"
+    # The last row loses its gene and gene id, as an export interrupted after the fov field would.
+    text = file.read_text()
+    cut = text[: text.rstrip("\n").rindex(",Blank-0002,")] + ","
+    file.unlink()
+    if suffix == "csv.gz":
+        with gzip.open(tmp_path / "detected_transcripts.csv.gz", "wt") as handle:
+            handle.write(cut)
+    else:
+        file.write_text(cut)
+
+    with pytest.raises(ValueError, match=r"1 of 6 transcripts .* no 'gene' value, the first in data row 5"):
         sg.io.merscope(tmp_path)

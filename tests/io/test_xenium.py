@@ -287,3 +287,17 @@ def test_xenium_lung_crop(xenium_lung_path):
     assert set(nuclei.index) <= set(raw["cell_id"])
     assert "fov_name" in points.columns
     assert "nucleus_distance" in points.columns
+
+
+def test_xenium_missing_gene_in_later_row_group(tmp_path, monkeypatch):
+    transcripts = pd.concat([make_transcripts()] * 2, ignore_index=True)
+    transcripts["transcript_id"] = np.arange(len(transcripts), dtype=np.uint64)
+    transcripts.loc[8, "feature_name"] = None
+    monkeypatch.setattr("segger.io._xenium.ROWS_PER_PARTITION", 6)
+    folder = write_row_groups(tmp_path, transcripts, rows=6)
+
+    with pytest.raises(
+        ValueError,
+        match=r"1 of 12 transcripts in transcripts\.parquet have no 'feature_name' value, the first in data row 8",
+    ):
+        sg.io.xenium(folder)

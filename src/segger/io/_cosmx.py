@@ -24,9 +24,11 @@ from ._shapes import merge_polygons_by_id
 from ._spatialdata import (
     build_spatialdata,
     check_coordinates,
+    check_missing_names,
     check_nonfinite_counts,
     check_required_columns,
     count_nonfinite,
+    first_missing,
     flag_controls,
     read_transcript_table,
 )
@@ -231,10 +233,10 @@ def read_transcripts(
     frame = read_transcript_table(file)
     check_required_columns(frame, REQUIRED_COLUMNS, source=file.name)
     check_coordinates(frame, COORDINATE_COLUMNS, source=file.name)
+    frame = frame.reset_index(drop=True)
+    check_missing_names(*first_missing(frame["target"]), len(frame), column="target", source=file.name)
     _log_dropped_z(frame.columns, z_step, source=file.name)
-    return _to_points_schema(
-        frame.reset_index(drop=True), pixel_size=pixel_size, z_step=z_step, source=file.name
-    )
+    return _to_points_schema(frame, pixel_size=pixel_size, z_step=z_step, source=file.name)
 
 
 def read_csv_transcripts(
@@ -274,6 +276,9 @@ def read_csv_transcripts(
     if layout.n_rows == 0:
         _raise_empty(file)
     check_nonfinite_counts(scan.nonfinite, layout.n_rows, source=file.name)
+    check_missing_names(
+        scan.n_missing_targets, scan.first_missing_target, layout.n_rows, column="target", source=file.name
+    )
     _log_dropped_z(columns, z_step, source=file.name)
 
     features = tuple(sorted(scan.features))
@@ -308,10 +313,16 @@ class _Scan:
     features: set[str] = field(default_factory=set)
     nuclear: list[pd.DataFrame] = field(default_factory=list)
     pixels: list[pd.DataFrame] = field(default_factory=list)
+    n_missing_targets: int = 0
+    first_missing_target: int | None = None
 
     def __call__(self, frame: pd.DataFrame) -> None:
         for column, n_bad in count_nonfinite(frame, COORDINATE_COLUMNS).items():
             self.nonfinite[column] = self.nonfinite.get(column, 0) + n_bad
+        n_missing, first = first_missing(frame["target"])
+        self.n_missing_targets += n_missing
+        if self.first_missing_target is None:
+            self.first_missing_target = first
         points = _to_points_schema(frame, pixel_size=self.pixel_size, z_step=self.z_step, source=self.source)
         self.features.update(points[C.FEATURE_NAME].unique())
         inputs = _ShapeInputs.from_points(points)

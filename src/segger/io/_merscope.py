@@ -23,9 +23,11 @@ from ._shapes import merge_polygons_by_id
 from ._spatialdata import (
     build_spatialdata,
     check_coordinates,
+    check_missing_names,
     check_nonfinite_counts,
     check_required_columns,
     count_nonfinite,
+    first_missing,
     flag_controls,
     read_transcript_table,
     to_cell_id_strings,
@@ -38,7 +40,8 @@ BOUNDARIES_PARQUET = "cell_boundaries.parquet"
 BOUNDARIES_HDF5_FOLDER = "cell_boundaries"
 BOUNDARIES_HDF5_PATTERN = "feature_data_*.hdf5"
 
-REQUIRED_COLUMNS = ("global_x", "global_y", "gene")
+GENE_COLUMN = "gene"
+REQUIRED_COLUMNS = ("global_x", "global_y", GENE_COLUMN)
 COORDINATE_COLUMNS = ("global_x", "global_y", "global_z")
 # `x` and `y` are pixel positions inside the field of view, renamed to make way for the µm columns.
 COLUMN_NAMES = {
@@ -164,8 +167,10 @@ def read_transcripts(file: str | Path, *, z_step: float | None = 1.5) -> pd.Data
     frame = read_transcript_table(file)
     check_required_columns(frame, REQUIRED_COLUMNS, source=file.name)
     check_coordinates(frame, COORDINATE_COLUMNS, source=file.name)
+    frame = frame.reset_index(drop=True)
+    check_missing_names(*first_missing(frame[GENE_COLUMN]), len(frame), column=GENE_COLUMN, source=file.name)
     _log_dropped_z(frame.columns, z_step, source=file.name)
-    return _to_points_schema(frame.reset_index(drop=True), z_step=z_step)
+    return _to_points_schema(frame, z_step=z_step)
 
 
 def read_csv_transcripts(
@@ -207,6 +212,9 @@ def read_csv_transcripts(
     if layout.n_rows == 0:
         _raise_empty(file)
     check_nonfinite_counts(scan.nonfinite, layout.n_rows, source=file.name)
+    check_missing_names(
+        scan.n_missing_genes, scan.first_missing_gene, layout.n_rows, column=GENE_COLUMN, source=file.name
+    )
     _log_dropped_z(columns, z_step, source=file.name)
 
     genes = tuple(sorted(scan.genes))
@@ -235,10 +243,16 @@ class _Scan:
     nonfinite: dict[str, int] = field(default_factory=dict)
     genes: set[str] = field(default_factory=set)
     n_inside: int = 0
+    n_missing_genes: int = 0
+    first_missing_gene: int | None = None
 
     def __call__(self, frame: pd.DataFrame) -> None:
         for column, n_bad in count_nonfinite(frame, COORDINATE_COLUMNS).items():
             self.nonfinite[column] = self.nonfinite.get(column, 0) + n_bad
+        n_missing, first = first_missing(frame[GENE_COLUMN])
+        self.n_missing_genes += n_missing
+        if self.first_missing_gene is None:
+            self.first_missing_gene = first
         points = _to_points_schema(frame, z_step=self.z_step)
         self.genes.update(points[C.FEATURE_NAME].unique())
         _assign_to_polygons(points, self.shapes)

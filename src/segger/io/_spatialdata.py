@@ -60,6 +60,30 @@ def check_nonfinite_counts(counts: dict[str, int], n_points: int, *, source: str
             raise ValueError(msg)
 
 
+def first_missing(values: pd.Series) -> tuple[int, int | None]:
+    """Return the number of missing values and the index label of the first, None when there is none."""
+    missing = values.isna().to_numpy()
+    n_missing = int(missing.sum())
+    return n_missing, (int(values.index[np.argmax(missing)]) if n_missing else None)
+
+
+def check_missing_names(
+    n_missing: int, first_row: int | None, n_points: int, *, column: str, source: str
+) -> None:
+    """Raise ValueError when ``n_missing`` of ``n_points`` transcripts have no feature name in ``column``.
+
+    ``first_row`` is the data row (0 for the first row after the header) of the first one, from
+    :func:`first_missing`, possibly over the partitions of a file.
+    """
+    if n_missing:
+        msg = (
+            f"{n_missing} of {n_points} transcripts in {source} have no {column!r} value, the first in data "
+            f"row {first_row}. An empty field, or a row cut short by an incomplete export, reads this way. "
+            "Check that the file is complete, or drop those rows from a copy of it."
+        )
+        raise ValueError(msg)
+
+
 def check_required_columns(frame: pd.DataFrame, required: tuple[str, ...], *, source: str) -> None:
     """Raise ValueError naming every column of ``required`` that ``frame`` lacks."""
     missing = [column for column in required if column not in frame.columns]

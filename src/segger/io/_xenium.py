@@ -18,10 +18,12 @@ from ._shapes import polygons_from_vertices
 from ._spatialdata import (
     build_spatialdata,
     check_coordinates,
+    check_missing_names,
     check_nonfinite_counts,
     check_required_columns,
     count_nonfinite,
     decode_byte_strings,
+    first_missing,
     flag_controls,
     to_cell_id_strings,
 )
@@ -101,6 +103,10 @@ def read_transcripts(file: str | Path) -> pd.DataFrame:
         _raise_empty(file)
     check_required_columns(frame, REQUIRED_COLUMNS, source=file.name)
     check_coordinates(frame, ("x_location", "y_location", "z_location"), source=file.name)
+    frame = frame.reset_index(drop=True)
+    check_missing_names(
+        *first_missing(frame[C.FEATURE_NAME]), len(frame), column=C.FEATURE_NAME, source=file.name
+    )
     if C.TRANSCRIPT_ID in frame.columns:
         _check_unique_ids(frame[C.TRANSCRIPT_ID].astype(np.int64), source=file.name)
     return _to_points_schema(frame, row_offset=0)
@@ -189,15 +195,23 @@ def _scan_transcripts(
     nonfinite: dict[str, int] = {}
     genes: set[str] = set()
     ids = []
-    for groups, _ in partitions:
+    n_missing, first_missing_row = 0, None
+    for groups, offset in partitions:
         frame = parquet.read_row_groups(list(groups), columns=columns).to_pandas()
+        frame.index = pd.RangeIndex(offset, offset + len(frame))
         for column, n_bad in count_nonfinite(frame, coordinates).items():
             nonfinite[column] = nonfinite.get(column, 0) + n_bad
+        missing, first = first_missing(frame[C.FEATURE_NAME])
+        n_missing += missing
+        first_missing_row = first if first_missing_row is None else first_missing_row
         genes.update(decode_byte_strings(frame[C.FEATURE_NAME]).astype(str).unique())
         if C.TRANSCRIPT_ID in frame.columns:
             ids.append(frame[C.TRANSCRIPT_ID].to_numpy(dtype=np.int64))
 
     check_nonfinite_counts(nonfinite, parquet.metadata.num_rows, source=source)
+    check_missing_names(
+        n_missing, first_missing_row, parquet.metadata.num_rows, column=C.FEATURE_NAME, source=source
+    )
     if ids:
         _check_unique_ids(pd.Series(np.concatenate(ids)), source=source)
     return sorted(genes)
