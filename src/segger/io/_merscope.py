@@ -178,10 +178,10 @@ def read_csv_transcripts(
 ) -> tuple[dd.DataFrame, _Summary]:
     """Read a MERSCOPE ``detected_transcripts.csv`` lazily into the points schema, as a dask DataFrame.
 
-    One pass reads the file block by block to check the coordinates, collect the genes, fix
-    each column's type and count the transcripts inside ``shapes``. The returned frame reads,
-    converts and assigns each block to the polygons only when it is computed, so the file is
-    never loaded whole.
+    One pass reads the file block by block to check the coordinates and gene names, collect the
+    genes, fix each column's type and count the transcripts inside ``shapes``. The returned frame
+    reads, converts and assigns each block to the polygons only when it is computed, so the file
+    is never loaded whole.
 
     Parameters
     ----------
