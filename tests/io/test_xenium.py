@@ -289,7 +289,7 @@ def test_xenium_lung_crop(xenium_lung_path):
     assert "nucleus_distance" in points.columns
 
 
-def test_xenium_missing_gene_in_later_row_group(tmp_path, monkeypatch):
+def test_xenium_late_missing_gene(tmp_path, monkeypatch):
     transcripts = pd.concat([make_transcripts()] * 2, ignore_index=True)
     transcripts["transcript_id"] = np.arange(len(transcripts), dtype=np.uint64)
     transcripts.loc[8, "feature_name"] = None

@@ -172,9 +172,8 @@ class TileIndex:
         x_min, y_min, x_max, y_max = bounds
         margin = grid.margin
 
-        # A transcript within the margin has its core at most ceil(margin / width) tiles away.
-        # Where margin / width is a whole number, a transcript on the margin's edge lies on a tile
-        # border, where rounding could put it in the next tile, so floor + 1 tiles are searched.
+        # A transcript within the margin has its core at most floor(margin / width) + 1 tiles away.
+        # That is ceil(margin / width), plus one where the ratio is whole and rounding could move an edge point.
         row, column = divmod(index, grid.shape[0])
         reach_x = int(np.floor(margin / grid.tile_width[0])) + 1
         reach_y = int(np.floor(margin / grid.tile_width[1])) + 1

@@ -19,16 +19,13 @@ from spatialdata import SpatialData
 from tqdm.auto import tqdm
 
 from .. import _constants as C
-from ._csv import CsvBlock, CsvLayout, csv_columns, scan_csv
+from ._csv import CsvBlock, CsvLayout, scan_transcripts_csv
 from ._shapes import merge_polygons_by_id
 from ._spatialdata import (
+    TranscriptChecks,
     build_spatialdata,
-    check_coordinates,
-    check_missing_names,
-    check_nonfinite_counts,
     check_required_columns,
-    count_nonfinite,
-    first_missing,
+    check_z_step,
     flag_controls,
     read_transcript_table,
 )
@@ -229,12 +226,13 @@ def read_transcripts(
 ) -> pd.DataFrame:
     """Read a CosMx transcript file into the points schema as a pandas DataFrame (see :func:`cosmx`)."""
     file = Path(file)
-    _check_z_step(z_step)
+    check_z_step(z_step)
     frame = read_transcript_table(file)
     check_required_columns(frame, REQUIRED_COLUMNS, source=file.name)
-    check_coordinates(frame, COORDINATE_COLUMNS, source=file.name)
     frame = frame.reset_index(drop=True)
-    check_missing_names(*first_missing(frame["target"]), len(frame), column="target", source=file.name)
+    checks = TranscriptChecks(COORDINATE_COLUMNS, "target")
+    checks.add(frame)
+    checks.check(len(frame), source=file.name)
     _log_dropped_z(frame.columns, z_step, source=file.name)
     return _to_points_schema(frame, pixel_size=pixel_size, z_step=z_step, source=file.name)
 
@@ -265,34 +263,18 @@ def read_csv_transcripts(
     for the shapes.
     """
     file = Path(file)
-    _check_z_step(z_step)
-    columns = csv_columns(file)
-    if not columns:
-        _raise_empty(file)
-    check_required_columns(pd.DataFrame(columns=columns), REQUIRED_COLUMNS, source=file.name)
-
+    check_z_step(z_step)
     scan = _Scan(pixel_size=pixel_size, z_step=z_step, source=file.name)
-    layout = scan_csv(file, inspect=scan, block_bytes=block_bytes)
-    if layout.n_rows == 0:
-        _raise_empty(file)
-    check_nonfinite_counts(scan.nonfinite, layout.n_rows, source=file.name)
-    check_missing_names(
-        scan.n_missing_targets, scan.first_missing_target, layout.n_rows, column="target", source=file.name
-    )
-    _log_dropped_z(columns, z_step, source=file.name)
+    layout = scan_transcripts_csv(file, required=REQUIRED_COLUMNS, inspect=scan, block_bytes=block_bytes)
+    scan.checks.check(layout.n_rows, source=file.name)
+    _log_dropped_z(list(layout.dtypes), z_step, source=file.name)
 
     features = tuple(sorted(scan.features))
-    empty = pd.DataFrame({column: pd.Series([], dtype=dtype) for column, dtype in layout.dtypes.items()})
-    meta = _to_points_schema(empty, pixel_size=pixel_size, z_step=z_step, source=file.name, features=features)
-    load = partial(_load_block, layout=layout, pixel_size=pixel_size, z_step=z_step, features=features)
-    points = dd.from_map(
-        load,
-        layout.blocks,
-        meta=meta,
-        divisions=(*(block.first_row for block in layout.blocks), layout.n_rows - 1),
-        label="cosmx-transcripts",
-        enforce_metadata=False,
+    meta = _to_points_schema(
+        layout.empty_frame(), pixel_size=pixel_size, z_step=z_step, source=file.name, features=features
     )
+    load = partial(_load_block, layout=layout, pixel_size=pixel_size, z_step=z_step, features=features)
+    points = layout.to_dask(load, meta=meta, label="cosmx-transcripts")
     shape_inputs = _ShapeInputs(
         nuclear=pd.concat(scan.nuclear),
         pixels=pd.concat(scan.pixels),
@@ -304,25 +286,18 @@ def read_csv_transcripts(
 
 @dataclass
 class _Scan:
-    """Checks and columns gathered over the blocks of a transcript file as :func:`scan_csv` reads them."""
+    """Checks and columns gathered over the blocks of a transcript file as :func:`~segger.io._csv.scan_csv` reads them."""
 
     pixel_size: float
     z_step: float | None
     source: str
-    nonfinite: dict[str, int] = field(default_factory=dict)
+    checks: TranscriptChecks = field(default_factory=lambda: TranscriptChecks(COORDINATE_COLUMNS, "target"))
     features: set[str] = field(default_factory=set)
     nuclear: list[pd.DataFrame] = field(default_factory=list)
     pixels: list[pd.DataFrame] = field(default_factory=list)
-    n_missing_targets: int = 0
-    first_missing_target: int | None = None
 
     def __call__(self, frame: pd.DataFrame) -> None:
-        for column, n_bad in count_nonfinite(frame, COORDINATE_COLUMNS).items():
-            self.nonfinite[column] = self.nonfinite.get(column, 0) + n_bad
-        n_missing, first = first_missing(frame["target"])
-        self.n_missing_targets += n_missing
-        if self.first_missing_target is None:
-            self.first_missing_target = first
+        self.checks.add(frame)
         points = _to_points_schema(frame, pixel_size=self.pixel_size, z_step=self.z_step, source=self.source)
         self.features.update(points[C.FEATURE_NAME].unique())
         inputs = _ShapeInputs.from_points(points)
@@ -382,22 +357,11 @@ def _to_points_schema(
     return frame
 
 
-def _check_z_step(z_step: float | None) -> None:
-    if z_step is not None and not (math.isfinite(z_step) and z_step > 0):
-        msg = f"z_step must be a positive number of µm per z plane, or None to drop z; got {z_step!r}."
-        raise ValueError(msg)
-
-
 def _log_dropped_z(columns: list[str] | pd.Index, z_step: float | None, *, source: str) -> None:
     if "z_plane" not in columns and "z" not in columns:
         logger.info("%s has no z column, so z is dropped and the graph is 2-D.", source)
     elif z_step is None:
         logger.info("z_step is None, so z is dropped and the graph is 2-D. Pass z_step in µm to keep it.")
-
-
-def _raise_empty(file: Path) -> None:
-    msg = f"{file.name} in {str(file.parent)!r} contains no transcripts. Check that the export is complete."
-    raise ValueError(msg)
 
 
 def nucleus_polygons(

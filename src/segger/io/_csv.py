@@ -7,13 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
-# Bytes per block of a lazily read CSV file. A row of MERSCOPE's detected_transcripts.csv takes
-# about 77 bytes, so a block is about 220,000 rows. Reading a 2-million-row MERSCOPE file with
-# sg.io.merscope peaked about 280 MB above the imported package with 16 MiB blocks, and about
-# 700 MB with 100 MiB blocks.
+from ._spatialdata import check_required_columns, raise_no_transcripts
+
+# Bytes per block of a lazily read CSV file, about 220,000 MERSCOPE rows of 77 bytes. On a
+# 2-million-row MERSCOPE file, reading peaked 280 MB above the imported package (700 MB at 100 MiB).
 BYTES_PER_BLOCK = 16 * 2**20
 
 
@@ -63,8 +64,25 @@ class CsvLayout:
         """Number of rows in the file."""
         return sum(block.n_rows for block in self.blocks)
 
+    def empty_frame(self) -> pd.DataFrame:
+        """Return a frame without rows that has the file's columns and types."""
+        return pd.DataFrame({column: pd.Series([], dtype=dtype) for column, dtype in self.dtypes.items()})
+
+    def to_dask(
+        self, load: Callable[[CsvBlock], pd.DataFrame], *, meta: pd.DataFrame, label: str
+    ) -> dd.DataFrame:
+        """Return a dask DataFrame with one partition per block, made by ``load`` and divided by row number."""
+        return dd.from_map(
+            load,
+            self.blocks,
+            meta=meta,
+            divisions=(*(block.first_row for block in self.blocks), self.n_rows - 1),
+            label=label,
+            enforce_metadata=False,
+        )
+
     def read(self, block: CsvBlock) -> pd.DataFrame:
-        """Read one block with the file's column types; its index is the row number in the file."""
+        """Read one block with the file's column types, indexed by row number in the file."""
         frame = _read_lines(
             self.file, self.header, block.start, block.stop, block.first_row, dtype=self.dtypes
         )
@@ -73,12 +91,37 @@ class CsvLayout:
 
 
 def csv_columns(file: Path) -> list[str]:
-    """Return the column names in the header line of ``file``; an empty list for an empty file."""
+    """Return the column names in the header line of ``file``, or an empty list for an empty file."""
     with open(file, "rb") as handle:
         header = handle.readline()
     if not header.strip():
         return []
     return list(pd.read_csv(io.BytesIO(header), nrows=0).columns)
+
+
+def scan_transcripts_csv(
+    file: Path,
+    *,
+    required: tuple[str, ...],
+    inspect: Callable[[pd.DataFrame], None],
+    block_bytes: int | None = None,
+) -> CsvLayout:
+    """Check that a transcripts CSV has the ``required`` columns and rows, scanning it with :func:`scan_csv`.
+
+    Raises
+    ------
+    ValueError
+        When the file is empty, has only a header, or lacks a required column.
+    """
+    columns = csv_columns(file)
+    if not columns:
+        raise_no_transcripts(file)
+    check_required_columns(pd.DataFrame(columns=columns), required, source=file.name)
+
+    layout = scan_csv(file, inspect=inspect, block_bytes=block_bytes)
+    if layout.n_rows == 0:
+        raise_no_transcripts(file)
+    return layout
 
 
 def scan_csv(
@@ -144,7 +187,10 @@ def _split_lines(file: Path, block_bytes: int) -> tuple[bytes, list[tuple[int, i
 
 
 def _read_lines(file: Path, header: bytes, start: int, stop: int, first_row: int, **options) -> pd.DataFrame:
-    """Read the lines in bytes ``start`` to ``stop`` of ``file`` under its header; ``first_row`` is for messages."""
+    """Read the lines in bytes ``start`` to ``stop`` of ``file`` under its header.
+
+    ``first_row``, the row number of the first line, goes into the error message.
+    """
     with open(file, "rb") as handle:
         handle.seek(start)
         lines = handle.read(stop - start)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -18,16 +17,13 @@ from spatialdata import SpatialData
 from tqdm.auto import tqdm
 
 from .. import _constants as C
-from ._csv import CsvBlock, CsvLayout, csv_columns, scan_csv
+from ._csv import CsvBlock, CsvLayout, scan_transcripts_csv
 from ._shapes import merge_polygons_by_id
 from ._spatialdata import (
+    TranscriptChecks,
     build_spatialdata,
-    check_coordinates,
-    check_missing_names,
-    check_nonfinite_counts,
     check_required_columns,
-    count_nonfinite,
-    first_missing,
+    check_z_step,
     flag_controls,
     read_transcript_table,
     to_cell_id_strings,
@@ -115,7 +111,7 @@ def merscope(path: str | Path, *, z_step: float | None = 1.5) -> SpatialData:
     if not folder.is_dir():
         msg = f"MERSCOPE folder {str(folder)!r} does not exist or is not a folder."
         raise FileNotFoundError(msg)
-    _check_z_step(z_step)
+    check_z_step(z_step)
 
     transcripts_file = _find_transcripts(folder)
     shapes = read_cell_boundaries(folder)
@@ -149,7 +145,7 @@ class _Summary:
 
     @classmethod
     def from_points(cls, points: pd.DataFrame) -> _Summary:
-        """Count the transcripts, features and transcripts inside a polygon of converted points."""
+        """Return the counts of converted points: transcripts, distinct features, and transcripts inside a polygon."""
         return cls(
             n_transcripts=len(points),
             n_features=points[C.FEATURE_NAME].nunique(),
@@ -163,12 +159,13 @@ def read_transcripts(file: str | Path, *, z_step: float | None = 1.5) -> pd.Data
     ``overlaps_nucleus`` is left out, because it needs the cell polygons (see :func:`merscope`).
     """
     file = Path(file)
-    _check_z_step(z_step)
+    check_z_step(z_step)
     frame = read_transcript_table(file)
     check_required_columns(frame, REQUIRED_COLUMNS, source=file.name)
-    check_coordinates(frame, COORDINATE_COLUMNS, source=file.name)
     frame = frame.reset_index(drop=True)
-    check_missing_names(*first_missing(frame[GENE_COLUMN]), len(frame), column=GENE_COLUMN, source=file.name)
+    checks = TranscriptChecks(COORDINATE_COLUMNS, GENE_COLUMN)
+    checks.add(frame)
+    checks.check(len(frame), source=file.name)
     _log_dropped_z(frame.columns, z_step, source=file.name)
     return _to_points_schema(frame, z_step=z_step)
 
@@ -201,58 +198,35 @@ def read_csv_transcripts(
     :func:`merscope` logs.
     """
     file = Path(file)
-    _check_z_step(z_step)
-    columns = csv_columns(file)
-    if not columns:
-        _raise_empty(file)
-    check_required_columns(pd.DataFrame(columns=columns), REQUIRED_COLUMNS, source=file.name)
-
+    check_z_step(z_step)
     scan = _Scan(shapes=shapes, z_step=z_step)
-    layout = scan_csv(file, inspect=scan, block_bytes=block_bytes)
-    if layout.n_rows == 0:
-        _raise_empty(file)
-    check_nonfinite_counts(scan.nonfinite, layout.n_rows, source=file.name)
-    check_missing_names(
-        scan.n_missing_genes, scan.first_missing_gene, layout.n_rows, column=GENE_COLUMN, source=file.name
-    )
-    _log_dropped_z(columns, z_step, source=file.name)
+    layout = scan_transcripts_csv(file, required=REQUIRED_COLUMNS, inspect=scan, block_bytes=block_bytes)
+    scan.checks.check(layout.n_rows, source=file.name)
+    _log_dropped_z(list(layout.dtypes), z_step, source=file.name)
 
     genes = tuple(sorted(scan.genes))
-    empty = pd.DataFrame({column: pd.Series([], dtype=dtype) for column, dtype in layout.dtypes.items()})
-    meta = _to_points_schema(empty, z_step=z_step, genes=genes)
+    meta = _to_points_schema(layout.empty_frame(), z_step=z_step, genes=genes)
     _assign_to_polygons(meta, shapes)
     load = partial(_load_block, layout=layout, shapes=shapes, z_step=z_step, genes=genes)
-    points = dd.from_map(
-        load,
-        layout.blocks,
-        meta=meta,
-        divisions=(*(block.first_row for block in layout.blocks), layout.n_rows - 1),
-        label="merscope-transcripts",
-        enforce_metadata=False,
-    )
+    points = layout.to_dask(load, meta=meta, label="merscope-transcripts")
     summary = _Summary(n_transcripts=layout.n_rows, n_features=len(genes), n_inside=scan.n_inside)
     return points, summary
 
 
 @dataclass
 class _Scan:
-    """Checks and counts gathered over the blocks of a transcripts file as :func:`scan_csv` reads them."""
+    """Checks and counts gathered over the blocks of a transcripts file as :func:`~segger.io._csv.scan_csv` reads them."""
 
     shapes: gpd.GeoDataFrame
     z_step: float | None
-    nonfinite: dict[str, int] = field(default_factory=dict)
+    checks: TranscriptChecks = field(
+        default_factory=lambda: TranscriptChecks(COORDINATE_COLUMNS, GENE_COLUMN)
+    )
     genes: set[str] = field(default_factory=set)
     n_inside: int = 0
-    n_missing_genes: int = 0
-    first_missing_gene: int | None = None
 
     def __call__(self, frame: pd.DataFrame) -> None:
-        for column, n_bad in count_nonfinite(frame, COORDINATE_COLUMNS).items():
-            self.nonfinite[column] = self.nonfinite.get(column, 0) + n_bad
-        n_missing, first = first_missing(frame[GENE_COLUMN])
-        self.n_missing_genes += n_missing
-        if self.first_missing_gene is None:
-            self.first_missing_gene = first
+        self.checks.add(frame)
         points = _to_points_schema(frame, z_step=self.z_step)
         self.genes.update(points[C.FEATURE_NAME].unique())
         _assign_to_polygons(points, self.shapes)
@@ -303,11 +277,6 @@ def _log_dropped_z(columns: list[str] | pd.Index, z_step: float | None, *, sourc
         logger.info("%s has no global_z column, so z is dropped and the graph is 2-D.", source)
     elif z_step is None:
         logger.info("z_step is None, so z is dropped and the graph is 2-D.")
-
-
-def _raise_empty(file: Path) -> None:
-    msg = f"{file.name} in {str(file.parent)!r} contains no transcripts. Check that the export is complete."
-    raise ValueError(msg)
 
 
 def read_cell_boundaries(folder: str | Path) -> gpd.GeoDataFrame:
@@ -429,9 +398,3 @@ def _find_transcripts(folder: Path) -> Path:
         f"None of {list(TRANSCRIPT_FILES)} was found in {str(folder)!r}; a MERSCOPE folder needs one of them."
     )
     raise FileNotFoundError(msg)
-
-
-def _check_z_step(z_step: float | None) -> None:
-    if z_step is not None and not (math.isfinite(z_step) and z_step > 0):
-        msg = f"z_step must be a positive number of µm per z plane, or None to drop z; got {z_step!r}."
-        raise ValueError(msg)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import dask.dataframe as dd
 import geopandas as gpd
@@ -60,28 +63,62 @@ def check_nonfinite_counts(counts: dict[str, int], n_points: int, *, source: str
             raise ValueError(msg)
 
 
-def first_missing(values: pd.Series) -> tuple[int, int | None]:
-    """Return the number of missing values and the index label of the first, None when there is none."""
-    missing = values.isna().to_numpy()
-    n_missing = int(missing.sum())
-    return n_missing, (int(values.index[np.argmax(missing)]) if n_missing else None)
+@dataclass
+class TranscriptChecks:
+    """Counts of non-finite coordinates and missing feature names, gathered over the partitions of a file.
 
-
-def check_missing_names(
-    n_missing: int, first_row: int | None, n_points: int, *, column: str, source: str
-) -> None:
-    """Raise ValueError when ``n_missing`` of ``n_points`` transcripts have no feature name in ``column``.
-
-    ``first_row`` is the data row (0 for the first row after the header) of the first one, from
-    :func:`first_missing`, possibly over the partitions of a file.
+    Attributes
+    ----------
+    coordinates
+        Coordinate columns to check; absent ones are skipped.
+    name_column
+        Column with the feature names.
+    nonfinite
+        Non-finite values counted in each coordinate column.
+    n_missing_names, first_missing_name
+        Rows without a feature name, and the data row (0 for the first after the header) of the first.
     """
-    if n_missing:
-        msg = (
-            f"{n_missing} of {n_points} transcripts in {source} have no {column!r} value, the first in data "
-            f"row {first_row}. An empty field, or a row cut short by an incomplete export, reads this way. "
-            "Check that the file is complete, or drop those rows from a copy of it."
-        )
+
+    coordinates: tuple[str, ...]
+    name_column: str
+    nonfinite: dict[str, int] = field(default_factory=dict)
+    n_missing_names: int = 0
+    first_missing_name: int | None = None
+
+    def add(self, frame: pd.DataFrame) -> None:
+        """Count the rows of ``frame``, indexed by data row, that fail a check."""
+        for column, n_bad in count_nonfinite(frame, self.coordinates).items():
+            self.nonfinite[column] = self.nonfinite.get(column, 0) + n_bad
+
+        missing = frame[self.name_column].isna().to_numpy()
+        if missing.any() and self.first_missing_name is None:
+            self.first_missing_name = int(frame.index[np.argmax(missing)])
+        self.n_missing_names += int(missing.sum())
+
+    def check(self, n_points: int, *, source: str) -> None:
+        """Raise ValueError for non-finite coordinates, then for missing feature names, among ``n_points``."""
+        check_nonfinite_counts(self.nonfinite, n_points, source=source)
+        if self.n_missing_names:
+            msg = (
+                f"{self.n_missing_names} of {n_points} transcripts in {source} have no {self.name_column!r} "
+                f"value, the first in data row {self.first_missing_name}. An empty field, or a row cut short "
+                "by an incomplete export, reads this way. Check that the file is complete, or drop those "
+                "rows from a copy of it."
+            )
+            raise ValueError(msg)
+
+
+def check_z_step(z_step: float | None) -> None:
+    """Raise ValueError unless ``z_step`` is a positive, finite number of µm per z plane, or None."""
+    if z_step is not None and not (math.isfinite(z_step) and z_step > 0):
+        msg = f"z_step must be a positive number of µm per z plane, or None to drop z; got {z_step!r}."
         raise ValueError(msg)
+
+
+def raise_no_transcripts(file: Path) -> NoReturn:
+    """Raise ValueError saying that the transcripts file ``file`` has no rows."""
+    msg = f"{file.name} in {str(file.parent)!r} contains no transcripts. Check that the export is complete."
+    raise ValueError(msg)
 
 
 def check_required_columns(frame: pd.DataFrame, required: tuple[str, ...], *, source: str) -> None:
@@ -105,10 +142,7 @@ def read_transcript_table(file: Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         frame = pd.DataFrame()
     if frame.empty:
-        msg = (
-            f"{file.name} in {str(file.parent)!r} contains no transcripts. Check that the export is complete."
-        )
-        raise ValueError(msg)
+        raise_no_transcripts(file)
     return frame
 
 

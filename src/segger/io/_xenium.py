@@ -16,15 +16,12 @@ from spatialdata import SpatialData
 from .. import _constants as C
 from ._shapes import polygons_from_vertices
 from ._spatialdata import (
+    TranscriptChecks,
     build_spatialdata,
-    check_coordinates,
-    check_missing_names,
-    check_nonfinite_counts,
     check_required_columns,
-    count_nonfinite,
     decode_byte_strings,
-    first_missing,
     flag_controls,
+    raise_no_transcripts,
     to_cell_id_strings,
 )
 
@@ -36,6 +33,7 @@ CELL_FILES = ("cell_boundaries.parquet", "cell_boundaries.csv.gz", "cell_boundar
 
 COLUMN_NAMES = {"x_location": C.X, "y_location": C.Y, "z_location": C.Z}
 REQUIRED_COLUMNS = ("x_location", "y_location", "feature_name")
+COORDINATE_COLUMNS = ("x_location", "y_location", "z_location")
 # Rows per partition of a lazily read transcripts.parquet. With Xenium's dozen columns, one
 # partition takes an estimated one to a few hundred MB in pandas.
 ROWS_PER_PARTITION = 1_000_000
@@ -100,13 +98,12 @@ def read_transcripts(file: str | Path) -> pd.DataFrame:
     file = Path(file)
     frame = _read_table(file)
     if frame.empty:
-        _raise_empty(file)
+        raise_no_transcripts(file)
     check_required_columns(frame, REQUIRED_COLUMNS, source=file.name)
-    check_coordinates(frame, ("x_location", "y_location", "z_location"), source=file.name)
     frame = frame.reset_index(drop=True)
-    check_missing_names(
-        *first_missing(frame[C.FEATURE_NAME]), len(frame), column=C.FEATURE_NAME, source=file.name
-    )
+    checks = TranscriptChecks(COORDINATE_COLUMNS, C.FEATURE_NAME)
+    checks.add(frame)
+    checks.check(len(frame), source=file.name)
     if C.TRANSCRIPT_ID in frame.columns:
         _check_unique_ids(frame[C.TRANSCRIPT_ID].astype(np.int64), source=file.name)
     return _to_points_schema(frame, row_offset=0)
@@ -143,7 +140,7 @@ def read_parquet_transcripts(file: str | Path, *, rows_per_partition: int | None
         raise ValueError(msg) from error
     columns = parquet.schema_arrow.names
     if parquet.metadata.num_rows == 0:
-        _raise_empty(file)
+        raise_no_transcripts(file)
     check_required_columns(pd.DataFrame(columns=columns), REQUIRED_COLUMNS, source=file.name)
 
     partitions = _row_group_partitions(parquet, rows_per_partition or ROWS_PER_PARTITION)
@@ -159,11 +156,6 @@ def read_parquet_transcripts(file: str | Path, *, rows_per_partition: int | None
         label="xenium-transcripts",
         enforce_metadata=False,
     )
-
-
-def _raise_empty(file: Path) -> None:
-    msg = f"{file.name} in {str(file.parent)!r} contains no transcripts. Check that the export is complete."
-    raise ValueError(msg)
 
 
 def _row_group_partitions(
@@ -189,29 +181,20 @@ def _scan_transcripts(
     parquet: pq.ParquetFile, partitions: list[tuple[tuple[int, ...], int]], *, source: str
 ) -> list[str]:
     """Check the coordinates and transcript ids of every partition, and return the sorted gene names."""
-    coordinates = ("x_location", "y_location", "z_location")
-    needed = [*coordinates, C.TRANSCRIPT_ID, C.FEATURE_NAME]
+    needed = [*COORDINATE_COLUMNS, C.TRANSCRIPT_ID, C.FEATURE_NAME]
     columns = [column for column in needed if column in parquet.schema_arrow.names]
-    nonfinite: dict[str, int] = {}
+    checks = TranscriptChecks(COORDINATE_COLUMNS, C.FEATURE_NAME)
     genes: set[str] = set()
     ids = []
-    n_missing, first_missing_row = 0, None
     for groups, offset in partitions:
         frame = parquet.read_row_groups(list(groups), columns=columns).to_pandas()
         frame.index = pd.RangeIndex(offset, offset + len(frame))
-        for column, n_bad in count_nonfinite(frame, coordinates).items():
-            nonfinite[column] = nonfinite.get(column, 0) + n_bad
-        missing, first = first_missing(frame[C.FEATURE_NAME])
-        n_missing += missing
-        first_missing_row = first if first_missing_row is None else first_missing_row
+        checks.add(frame)
         genes.update(decode_byte_strings(frame[C.FEATURE_NAME]).astype(str).unique())
         if C.TRANSCRIPT_ID in frame.columns:
             ids.append(frame[C.TRANSCRIPT_ID].to_numpy(dtype=np.int64))
 
-    check_nonfinite_counts(nonfinite, parquet.metadata.num_rows, source=source)
-    check_missing_names(
-        n_missing, first_missing_row, parquet.metadata.num_rows, column=C.FEATURE_NAME, source=source
-    )
+    checks.check(parquet.metadata.num_rows, source=source)
     if ids:
         _check_unique_ids(pd.Series(np.concatenate(ids)), source=source)
     return sorted(genes)
