@@ -1,8 +1,15 @@
-"""Return freed heap memory to the operating system between the phases of a long run."""
+"""Keep the C allocator from holding freed memory over the phases of a long run."""
 
 from __future__ import annotations
 
 import ctypes
+import logging
+import os
+
+logger = logging.getLogger("segger")
+
+# The mallopt parameter number of M_ARENA_MAX in glibc's malloc.h.
+_M_ARENA_MAX = -8
 
 
 def release_freed_memory() -> None:
@@ -18,3 +25,31 @@ def release_freed_memory() -> None:
     except (OSError, AttributeError, TypeError):
         return
     trim(0)
+
+
+def share_one_arena() -> bool:
+    """Make threads started from now on allocate from glibc's main arena instead of their own.
+
+    Each tile thread would otherwise get an arena of its own, and every arena keeps the freed
+    temporaries of its largest tile. On the 5-million-transcript benchmark slide, with two tile
+    threads, this lowered the prediction peak from 2.66 to 2.38 GB at the same speed.
+
+    The setting lasts for the rest of the process. glibc reads it the next time a thread needs a
+    new arena, and only while the process has at most 8 arenas (``arena_get2`` in glibc's
+    ``malloc/arena.c``); arenas freed by finished threads are still reused. Nothing happens when the user has set ``MALLOC_ARENA_MAX`` or a
+    ``glibc.malloc.arena_max`` tunable, or without glibc.
+
+    Returns
+    -------
+    Whether the setting was applied.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ or "arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    applied = bool(mallopt(_M_ARENA_MAX, 1))
+    if applied:
+        logger.debug("Tile threads share glibc's main malloc arena (M_ARENA_MAX = 1).")
+    return applied

@@ -24,7 +24,7 @@ from spatialdata import SpatialData
 from tqdm.auto import tqdm
 
 from .. import _constants as C
-from .._memory import release_freed_memory
+from .._memory import release_freed_memory, share_one_arena
 from ..graph import (
     GraphInputs,
     GraphSettings,
@@ -792,6 +792,7 @@ def _tile_thread_pool(n_tiles: int) -> Iterator[ThreadPoolExecutor]:
     """
     torch_threads = torch.get_num_threads()
     n_workers = max(1, min(int(dask.config.get("num_workers", None) or CPU_COUNT), n_tiles))
+    share_one_arena()
     pool = ThreadPoolExecutor(
         n_workers, thread_name_prefix="segger-tile", initializer=torch.set_num_threads, initargs=(1,)
     )
