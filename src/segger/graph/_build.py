@@ -74,7 +74,8 @@ class GraphInputs:
     positions
         Transcript coordinates, shape ``(n, 3)``, µm (z is 0 for 2-D data).
     tokens
-        Gene token per transcript, shape ``(n,)``, int64; 0 is the unknown-gene token.
+        Gene token per transcript, shape ``(n,)``, any integer type (int32 in segger, to save memory);
+        0 is the unknown-gene token.
     prior_index
         Index of the prior shape that contains the transcript, shape ``(n,)``, -1 for none.
     shape_centroids
@@ -129,7 +130,7 @@ def build_tile_graph(inputs: GraphInputs, tile: Tile, settings: GraphSettings) -
     positions = inputs.positions[transcripts]
 
     data = HeteroData()
-    data[TX].x = torch.from_numpy(inputs.tokens[transcripts])
+    data[TX].x = torch.from_numpy(inputs.tokens[transcripts].astype(np.int64))
     data[TX].pos = torch.from_numpy(positions)
     data[TX].index = torch.from_numpy(transcripts.astype(np.int64))
     data[TX].core = torch.from_numpy(tile.core)

@@ -92,8 +92,8 @@ class PreparedData:
         return self.gene_names[np.unique(self.graph_feature_codes)]
 
     def tokens(self, tokenize: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        """Return each graph transcript's token, tokenizing every gene name once."""
-        return tokenize(self.gene_names)[self.graph_feature_codes]
+        """Return each graph transcript's token as int32, tokenizing every gene name once."""
+        return tokenize(self.gene_names).astype(np.int32)[self.graph_feature_codes]
 
     def graph_inputs(self, tokens: np.ndarray, scaled_shape_features: np.ndarray) -> GraphInputs:
         """Return the arrays for graph building with the given gene tokens and scaled shape features."""
@@ -516,12 +516,12 @@ def _prior_index(
         flagged = frame[C.OVERLAPS_NUCLEUS].fillna(False).to_numpy(dtype=bool)[in_graph]
         cell_ids = frame[C.CELL_ID].astype("string").fillna("").to_numpy(dtype=str)[in_graph]
         positions = shapes.index.get_indexer(cell_ids)
-        return np.where(flagged & (positions >= 0), positions, -1).astype(np.int64)
+        return np.where(flagged & (positions >= 0), positions, -1).astype(np.int32)
 
     x = frame[C.X].to_numpy()[in_graph]
     y = frame[C.Y].to_numpy()[in_graph]
     point_rows, shape_rows = shapes_frame.sindex.query(shapely.points(x, y), predicate="within")
-    prior = np.full(len(x), -1, dtype=np.int64)
+    prior = np.full(len(x), -1, dtype=np.int32)
     # A transcript inside overlapping shapes keeps the first shape in index order.
     order = np.lexsort((shape_rows, point_rows))[::-1]
     prior[point_rows[order]] = shape_rows[order]
