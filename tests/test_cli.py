@@ -499,3 +499,27 @@ def test_strategy_with_model_rejected(zarr_input, tmp_path, capsys):
 
     assert status == 2
     assert "--strategy" in capsys.readouterr().err
+
+
+def test_scratch_dir_run_leaves_it_empty(zarr_input, tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    output = tmp_path / "out.zarr"
+
+    status = main(["segment", str(zarr_input), "-o", str(output), "--scratch-dir", str(scratch), *FAST, "-q"])
+
+    assert status == 0
+    check_segmentation(output)
+    assert list(scratch.iterdir()) == []
+
+
+def test_missing_scratch_dir_reported(zarr_input, tmp_path, capsys):
+    missing = tmp_path / "missing"
+    output = tmp_path / "out.zarr"
+
+    status = main(["segment", str(zarr_input), "-o", str(output), "--scratch-dir", str(missing), *FAST])
+
+    assert status == 1
+    assert "is not an existing folder" in capsys.readouterr().err
+    assert not output.exists()
+    assert not missing.exists()

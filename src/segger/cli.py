@@ -30,6 +30,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import __version__, datasets, io, tl
 from . import _constants as C
+from ._scratch import check_scratch_dir
 from .io._cosmx import TRANSCRIPT_PATTERNS as COSMX_TRANSCRIPT_PATTERNS
 from .io._merscope import TRANSCRIPT_FILES as MERSCOPE_TRANSCRIPT_FILES
 from .io._xenium import TRANSCRIPT_FILES
@@ -339,6 +340,14 @@ def _add_segment_command(commands: argparse._SubParsersAction) -> None:
         help="Device for training and prediction; auto uses CUDA when available (default: auto).",
     )
     run.add_argument(
+        "--scratch-dir",
+        metavar="DIR",
+        help=(
+            "Keep the per-transcript arrays as memory-mapped files in a new folder inside DIR, "
+            "deleted at the end, so that memory does not grow with the slide (default: in memory)."
+        ),
+    )
+    run.add_argument(
         "--seed",
         type=int,
         default=0,
@@ -362,6 +371,8 @@ def _segment_command(args: argparse.Namespace) -> None:
     model_file = _check_training_options(options)
     save_file = _save_model_path(options.get("save_model"), source, output, overwrite=args.overwrite)
     _check_device(args.device)
+    if args.scratch_dir is not None:
+        check_scratch_dir(args.scratch_dir)
 
     model = _load_model(model_file) if model_file is not None else None
     sdata = _read_input(source, random_state=args.seed, pixel_size=args.pixel_size)
@@ -591,6 +602,7 @@ def _run_segmentation(sdata: SpatialData, model: Segger | None, options: dict[st
         "key_added": options["key_added"],
         "device": options["device"],
         "random_state": options["seed"],
+        "scratch_dir": options["scratch_dir"],
         "overwrite": options["overwrite"],
         "progress": not (options["no_progress"] or options["quiet"]),
     }

@@ -40,6 +40,18 @@ def test_predict_on_cluster_equals_serial(fitted, client):
     pd.testing.assert_series_equal(points["cluster_score"], points["segger_score"], check_names=False)
 
 
+def test_predict_on_cluster_with_scratch(fitted, client, tmp_path):
+    sdata, model = fitted
+    sg.tl.segger_predict(
+        sdata, model, key_added="scratch", client=client, scratch_dir=tmp_path, progress=False
+    )
+    points = sdata.points["transcripts"].compute()
+
+    pd.testing.assert_series_equal(points["scratch_cell_id"], points["segger_cell_id"], check_names=False)
+    pd.testing.assert_series_equal(points["scratch_score"], points["segger_score"], check_names=False)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_fit_on_cluster_equals_serial(client):
     serial = sg.datasets.toy(n_cells=40, random_state=6)
     on_cluster = sg.datasets.toy(n_cells=40, random_state=6)

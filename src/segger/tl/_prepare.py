@@ -18,6 +18,7 @@ from spatialdata.transformations import get_transformation
 
 from .. import _constants as C
 from .._memory import release_freed_memory
+from .._scratch import ArrayStore, Column
 from ..graph import GraphInputs, shape_features
 from ..io._spatialdata import check_nonfinite_counts, count_nonfinite
 from ._writeback import PointsArrays, get_points
@@ -167,6 +168,7 @@ def prepare(
     shapes_key: str,
     min_qv: float | None,
     require_labels: bool,
+    store: ArrayStore | None = None,
 ) -> PreparedData:
     """Validate the input and return the arrays that graph building and write-back need.
 
@@ -183,7 +185,10 @@ def prepare(
         Minimum quality value of graph transcripts; ``None`` disables the filter.
     require_labels
         Whether at least one graph transcript must lie inside a prior shape (needed for training).
+    store
+        Where the per-transcript arrays are kept; in memory by default.
     """
+    store = store or ArrayStore()
     element, feature_key = _points_element(sdata, points_key)
     shapes = _read_shapes(sdata, shapes_key)
     _check_coordinate_systems(sdata, points_key, shapes_key)
@@ -201,31 +206,38 @@ def prepare(
     shapes_frame = gpd.GeoDataFrame(geometry=shapes.geometry.to_numpy())
     nonfinite: dict[str, int] = {}
     n_near, n_labelled = 0, 0
-    partitions = []
+    columns = {name: store.column(name) for name in _Partition.__dataclass_fields__}
+    partition_lengths = []
     for delayed_partition in element.to_delayed():
         frame = delayed_partition.compute()
         for column, n_bad in count_nonfinite(frame, (C.X, C.Y, C.Z)).items():
             nonfinite[column] = nonfinite.get(column, 0) + n_bad
         partition = _read_partition(frame, feature_key, categories, shapes, shapes_frame, min_qv)
+        del frame
         near, labelled = _labels_near_shapes(partition, shapes)
         n_near, n_labelled = n_near + near, n_labelled + labelled
-        partitions.append(partition)
-        del frame
+        partition_lengths.append(len(partition.in_graph))
+        for name, column in columns.items():
+            values = getattr(partition, name)
+            if values is not None:
+                column.append(values)
+        del partition
 
-    n_points = sum(len(partition.in_graph) for partition in partitions)
+    n_points = sum(partition_lengths)
     if n_points == 0:
         msg = f"Points element {points_key!r} is empty; segmentation needs transcripts."
         raise ValueError(msg)
     check_nonfinite_counts(nonfinite, n_points, source=source)
-    transcript_ids = _check_transcript_ids(partitions, points_key)
+    transcript_ids = _check_transcript_ids(columns["transcript_ids"], n_points, points_key)
 
-    xy = np.concatenate([partition.xy for partition in partitions])
+    xy = columns["xy"].finish()
     _check_overlap(xy, shapes, points_key=points_key, shapes_key=shapes_key)
     _warn_if_pixels(shapes, shapes_key)
 
-    feature_codes = np.concatenate([partition.feature_codes for partition in partitions])
-    features, feature_codes = categories.finish(feature_codes)
-    in_graph = np.concatenate([partition.in_graph for partition in partitions])
+    features, feature_codes = categories.finish(columns["feature_codes"].finish())
+    if categories.sort:
+        feature_codes = store.keep("feature_codes_sorted", feature_codes)
+    in_graph = columns["in_graph"].finish()
     if not in_graph.any():
         msg = (
             f"No transcript of points {points_key!r} can enter the graph: all {n_points} are control "
@@ -233,7 +245,7 @@ def prepare(
         )
         raise ValueError(msg)
 
-    prior_index = np.concatenate([partition.prior_index for partition in partitions])
+    prior_index = columns["prior_index"].finish()
     _check_labels_inside(n_near, n_labelled, shapes_key=shapes_key)
     if require_labels and not (prior_index >= 0).any():
         msg = (
@@ -247,11 +259,11 @@ def prepare(
         xy=xy,
         feature_codes=feature_codes,
         features=features,
-        is_control=np.concatenate([partition.is_control for partition in partitions]),
-        partition_lengths=tuple(len(partition.in_graph) for partition in partitions),
+        is_control=columns["is_control"].finish(),
+        partition_lengths=tuple(partition_lengths),
     )
-    positions = np.concatenate([partition.positions for partition in partitions])
-    del partitions
+    positions = columns["positions"].finish()
+    del columns
     # The partitions' pandas frames and arrays are freed, and their pages go back to the system.
     release_freed_memory()
 
@@ -268,8 +280,8 @@ def prepare(
         points=points,
         shapes=shapes,
         in_graph=in_graph,
-        graph_feature_codes=feature_codes[in_graph],
-        transcript_ids=transcript_ids[in_graph],
+        graph_feature_codes=store.keep("graph_feature_codes", feature_codes[in_graph]),
+        transcript_ids=store.keep("graph_transcript_ids", transcript_ids[in_graph]),
         positions=positions,
         prior_index=prior_index,
         shape_features=shape_features(polygons),
@@ -343,14 +355,14 @@ def _read_partition(
     )
 
 
-def _check_transcript_ids(partitions: list[_Partition], points_key: str) -> np.ndarray:
+def _check_transcript_ids(ids: Column, n_points: int, points_key: str) -> np.ndarray:
     """Return every transcript's ``transcript_id`` (its row number without that column), checked unique."""
-    if partitions[0].transcript_ids is None:
-        return np.arange(sum(len(partition.in_graph) for partition in partitions), dtype=np.int64)
+    if ids.n_rows == 0:
+        return np.arange(n_points, dtype=np.int64)
 
-    ids = pd.Series(np.concatenate([partition.transcript_ids for partition in partitions]))
-    _check_unique_ids(ids, points_key)
-    return ids.to_numpy(dtype=np.int64)
+    series = pd.Series(ids.finish())
+    _check_unique_ids(series, points_key)
+    return series.to_numpy(dtype=np.int64)
 
 
 def _check_unique_ids(ids: pd.Series, points_key: str) -> None:

@@ -9,8 +9,9 @@ import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
+from os import PathLike
 from typing import Any, Literal
 
 import dask
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .. import _constants as C
 from .._memory import release_freed_memory, share_one_arena
+from .._scratch import ArrayStore
 from ..graph import (
     GraphInputs,
     GraphSettings,
@@ -122,6 +124,7 @@ def segger_fit(
     precision: str | None = None,
     client: Any | None = None,
     scheduler: str | None = None,
+    scratch_dir: str | PathLike[str] | None = None,
     random_state: int = 0,
     overwrite: bool = False,
     progress: bool = True,
@@ -214,6 +217,14 @@ def segger_fit(
         to debug). ``None`` takes Dask's configured scheduler (``dask.config.set(scheduler=...)``)
         when it is one of these, and ``"threads"`` otherwise. The labels do not depend on it. On
         CUDA, the threads build the tiles' graphs in parallel, but the model runs one tile at a time.
+    scratch_dir
+        An existing folder for the arrays that have one entry per transcript: coordinates, genes,
+        ids, the tile order and the predicted shapes and scores, about 70 bytes per transcript.
+        ``None`` keeps them in memory. With a folder, they are written to files in a new
+        subfolder and read back as memory maps, so the process's own memory stops growing with
+        the slide. The subfolder is deleted when the call ends, also after an
+        error. The new points columns are kept in memory, as without a folder. With ``client``,
+        the workers still receive the arrays in memory.
     random_state
         Seed for numpy and torch.
     overwrite
@@ -251,114 +262,123 @@ def segger_fit(
     scheduler = _resolve_scheduler(scheduler, client)
     check_outputs_free(sdata, key_added=key_added, points_key=points_key, overwrite=overwrite)
     _seed(random_state)
-    prepared = prepare(
-        sdata, points_key=points_key, shapes_key=shapes_key, min_qv=min_qv, require_labels=True
-    )
-    logger.info(
-        "Fitting segger on %d transcripts and %d prior shapes.", prepared.n_points, len(prepared.shapes)
-    )
-
-    settings = _graph_settings(
-        prepared, k_tx=k_tx, dist_tx=dist_tx, k_bd=k_bd, dist_bd=dist_bd, num_layers=num_layers
-    )
-    vocabulary, table = _vocabulary(prepared.graph_genes(), gene_embedding)
-    model = Segger(
-        vocabulary,
-        gene_embedding=table,
-        embedding_dim=embedding_dim,
-        hidden_channels=hidden_channels,
-        out_channels=out_channels,
-        heads=heads,
-        num_layers=num_layers,
-        dropout=dropout,
-    )
-    mean, std = fit_feature_scaling(prepared.shape_features)
-    model.settings = {
-        "graph": settings.to_dict(),
-        "shape_scaling": {"mean": mean.tolist(), "std": std.tolist()},
-        "min_qv": min_qv,
-        "score_cut": score_cut,
-        "assignment": assignment,
-        "min_transcripts": min_transcripts,
-        "fragment_similarity": fragment_similarity,
-        "tile_size": tile_size,
-    }
-
-    params = {
-        "points_key": points_key,
-        "shapes_key": shapes_key,
-        "key_added": key_added,
-        **model.settings,
-        "gene_embedding": "learned" if gene_embedding is None else "fixed",
-        "model": model.config(),
-        "max_epochs": max_epochs,
-        "max_steps": max_steps,
-        "learning_rate": learning_rate,
-        "max_train_tiles": max_train_tiles,
-        "devices": devices,
-        "strategy": strategy,
-        "precision": precision,
-        "random_state": random_state,
-    }
-
-    inputs = prepared.graph_inputs(
-        prepared.tokens(model.tokenize), scale_features(prepared.shape_features, mean, std)
-    )
-    grid = TileGrid.from_positions(inputs.positions[:, :2], tile_size=tile_size, margin=settings.margin)
-    tiles = _training_tiles(inputs, grid, settings, max_tiles=max_train_tiles, random_state=random_state)
-
-    if max_steps is None:
-        max_steps = max(MIN_TRAINING_STEPS, MIN_TRAINING_PASSES * len(tiles))
-    params["max_steps"] = max_steps
-    training = TrainingSettings(max_epochs=max_epochs, max_steps=max_steps, learning_rate=learning_rate)
-    phase = time.perf_counter()
-    accelerator = "gpu" if _torch_device(device).type == "cuda" else "cpu"
-    model.history = train(
-        model,
-        tiles,
-        training,
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-        precision=precision,
-        random_state=random_state,
-        progress_bar=progress,
-    )
-    del tiles  # the training graphs are not needed for prediction, which builds its own
-    release_freed_memory()
-    logger.info("Trained for %d epoch(s) in %.1f s.", len(model.history), time.perf_counter() - phase)
-    if model.history.empty or model.history["train_loss"].isna().all():
-        msg = (
-            f"Training scored no transcript-to-shape link: the {int((inputs.prior_index >= 0).sum())} "
-            "transcript(s) inside a prior shape are too few, or no other shape lies within dist_bd of "
-            "them. Fit on a larger region, or apply a trained model with `sg.tl.segger_predict`."
+    with ArrayStore.open(scratch_dir) as store:
+        prepared = prepare(
+            sdata,
+            points_key=points_key,
+            shapes_key=shapes_key,
+            min_qv=min_qv,
+            require_labels=True,
+            store=store,
         )
-        raise ValueError(msg)
-    rank = global_rank()
-    if rank > 0:
-        logger.info("Process %d finished training and leaves sdata unchanged: process 0 segments.", rank)
-        return model
+        logger.info(
+            "Fitting segger on %d transcripts and %d prior shapes.", prepared.n_points, len(prepared.shapes)
+        )
 
-    _segment(
-        sdata,
-        model,
-        prepared,
-        inputs,
-        settings,
-        points_key=points_key,
-        key_added=key_added,
-        score_cut=score_cut,
-        assignment=assignment,
-        min_transcripts=min_transcripts,
-        fragment_similarity=fragment_similarity,
-        tile_size=tile_size,
-        device=device,
-        client=client,
-        scheduler=scheduler,
-        overwrite=overwrite,
-        progress=progress,
-        params=params,
-    )
+        settings = _graph_settings(
+            prepared, k_tx=k_tx, dist_tx=dist_tx, k_bd=k_bd, dist_bd=dist_bd, num_layers=num_layers
+        )
+        vocabulary, table = _vocabulary(prepared.graph_genes(), gene_embedding)
+        model = Segger(
+            vocabulary,
+            gene_embedding=table,
+            embedding_dim=embedding_dim,
+            hidden_channels=hidden_channels,
+            out_channels=out_channels,
+            heads=heads,
+            num_layers=num_layers,
+            dropout=dropout,
+        )
+        mean, std = fit_feature_scaling(prepared.shape_features)
+        model.settings = {
+            "graph": settings.to_dict(),
+            "shape_scaling": {"mean": mean.tolist(), "std": std.tolist()},
+            "min_qv": min_qv,
+            "score_cut": score_cut,
+            "assignment": assignment,
+            "min_transcripts": min_transcripts,
+            "fragment_similarity": fragment_similarity,
+            "tile_size": tile_size,
+        }
+
+        params = {
+            "points_key": points_key,
+            "shapes_key": shapes_key,
+            "key_added": key_added,
+            **model.settings,
+            "gene_embedding": "learned" if gene_embedding is None else "fixed",
+            "model": model.config(),
+            "max_epochs": max_epochs,
+            "max_steps": max_steps,
+            "learning_rate": learning_rate,
+            "max_train_tiles": max_train_tiles,
+            "devices": devices,
+            "strategy": strategy,
+            "precision": precision,
+            "scratch_dir": None if scratch_dir is None else str(scratch_dir),
+            "random_state": random_state,
+        }
+
+        inputs = prepared.graph_inputs(
+            store.keep("tokens", prepared.tokens(model.tokenize)),
+            scale_features(prepared.shape_features, mean, std),
+        )
+        grid = TileGrid.from_positions(inputs.positions[:, :2], tile_size=tile_size, margin=settings.margin)
+        tiles = _training_tiles(inputs, grid, settings, max_tiles=max_train_tiles, random_state=random_state)
+
+        if max_steps is None:
+            max_steps = max(MIN_TRAINING_STEPS, MIN_TRAINING_PASSES * len(tiles))
+        params["max_steps"] = max_steps
+        training = TrainingSettings(max_epochs=max_epochs, max_steps=max_steps, learning_rate=learning_rate)
+        phase = time.perf_counter()
+        accelerator = "gpu" if _torch_device(device).type == "cuda" else "cpu"
+        model.history = train(
+            model,
+            tiles,
+            training,
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            precision=precision,
+            random_state=random_state,
+            progress_bar=progress,
+        )
+        del tiles  # the training graphs are not needed for prediction, which builds its own
+        release_freed_memory()
+        logger.info("Trained for %d epoch(s) in %.1f s.", len(model.history), time.perf_counter() - phase)
+        if model.history.empty or model.history["train_loss"].isna().all():
+            msg = (
+                f"Training scored no transcript-to-shape link: the {int((inputs.prior_index >= 0).sum())} "
+                "transcript(s) inside a prior shape are too few, or no other shape lies within dist_bd of "
+                "them. Fit on a larger region, or apply a trained model with `sg.tl.segger_predict`."
+            )
+            raise ValueError(msg)
+        rank = global_rank()
+        if rank > 0:
+            logger.info("Process %d finished training and leaves sdata unchanged: process 0 segments.", rank)
+            return model
+
+        _segment(
+            sdata,
+            model,
+            prepared,
+            inputs,
+            settings,
+            points_key=points_key,
+            key_added=key_added,
+            score_cut=score_cut,
+            assignment=assignment,
+            min_transcripts=min_transcripts,
+            fragment_similarity=fragment_similarity,
+            tile_size=tile_size,
+            device=device,
+            client=client,
+            scheduler=scheduler,
+            store=store,
+            overwrite=overwrite,
+            progress=progress,
+            params=params,
+        )
     logger.info("segger_fit finished in %.1f s.", time.perf_counter() - start)
     return model
 
@@ -379,6 +399,7 @@ def segger_predict(
     device: Literal["auto", "cpu", "cuda"] | str = "auto",
     client: Any | None = None,
     scheduler: str | None = None,
+    scratch_dir: str | PathLike[str] | None = None,
     random_state: int = 0,
     overwrite: bool = False,
     progress: bool = True,
@@ -399,7 +420,7 @@ def segger_predict(
         ``None`` uses the values the model was trained with.
     device
         ``"auto"`` uses CUDA when available.
-    client, scheduler
+    client, scheduler, scratch_dir
         As in :func:`segger_fit`.
     random_state
         Seed for numpy and torch.
@@ -421,57 +442,71 @@ def segger_predict(
         msg = "The model has no stored settings; train it with `sg.tl.segger_fit` or load it with `Segger.load`."
         raise ValueError(msg)
 
-    prepared = prepare(
-        sdata, points_key=points_key, shapes_key=shapes_key, min_qv=stored["min_qv"], require_labels=False
-    )
-    settings = GraphSettings(**stored["graph"])
-    settings.max_shape_radius = max(settings.max_shape_radius, _max_shape_radius(prepared))
-    tokens = prepared.tokens(model.tokenize)
-    _warn_unknown_genes(prepared, tokens)
+    with ArrayStore.open(scratch_dir) as store:
+        prepared = prepare(
+            sdata,
+            points_key=points_key,
+            shapes_key=shapes_key,
+            min_qv=stored["min_qv"],
+            require_labels=False,
+            store=store,
+        )
+        settings = GraphSettings(**stored["graph"])
+        settings.max_shape_radius = max(settings.max_shape_radius, _max_shape_radius(prepared))
+        tokens = store.keep("tokens", prepared.tokens(model.tokenize))
+        _warn_unknown_genes(prepared, tokens)
 
-    scaling = stored["shape_scaling"]
-    scaled = scale_features(
-        prepared.shape_features,
-        np.asarray(scaling["mean"], np.float32),
-        np.asarray(scaling["std"], np.float32),
-    )
-    inputs = prepared.graph_inputs(tokens, scaled)
-    options = {
-        "score_cut": stored["score_cut"] if score_cut is None else score_cut,
-        "assignment": stored["assignment"] if assignment is None else assignment,
-        "min_transcripts": stored["min_transcripts"] if min_transcripts is None else min_transcripts,
-        "fragment_similarity": stored["fragment_similarity"]
-        if fragment_similarity is None
-        else fragment_similarity,
-        "tile_size": stored["tile_size"] if tile_size is None else tile_size,
-    }
-    _check_options(
-        score_cut=options["score_cut"],
-        assignment=options["assignment"],
-        min_transcripts=options["min_transcripts"],
-        fragment_similarity=options["fragment_similarity"],
-        device=device,
-        tile_size=options["tile_size"],
-    )
-    params = {"points_key": points_key, "shapes_key": shapes_key, "key_added": key_added, **options}
-    params.update({"graph": settings.to_dict(), "min_qv": stored["min_qv"], "random_state": random_state})
+        scaling = stored["shape_scaling"]
+        scaled = scale_features(
+            prepared.shape_features,
+            np.asarray(scaling["mean"], np.float32),
+            np.asarray(scaling["std"], np.float32),
+        )
+        inputs = prepared.graph_inputs(tokens, scaled)
+        options = {
+            "score_cut": stored["score_cut"] if score_cut is None else score_cut,
+            "assignment": stored["assignment"] if assignment is None else assignment,
+            "min_transcripts": stored["min_transcripts"] if min_transcripts is None else min_transcripts,
+            "fragment_similarity": stored["fragment_similarity"]
+            if fragment_similarity is None
+            else fragment_similarity,
+            "tile_size": stored["tile_size"] if tile_size is None else tile_size,
+        }
+        _check_options(
+            score_cut=options["score_cut"],
+            assignment=options["assignment"],
+            min_transcripts=options["min_transcripts"],
+            fragment_similarity=options["fragment_similarity"],
+            device=device,
+            tile_size=options["tile_size"],
+        )
+        params = {"points_key": points_key, "shapes_key": shapes_key, "key_added": key_added, **options}
+        params.update(
+            {
+                "graph": settings.to_dict(),
+                "min_qv": stored["min_qv"],
+                "scratch_dir": None if scratch_dir is None else str(scratch_dir),
+                "random_state": random_state,
+            }
+        )
 
-    _segment(
-        sdata,
-        model,
-        prepared,
-        inputs,
-        settings,
-        points_key=points_key,
-        key_added=key_added,
-        device=device,
-        client=client,
-        scheduler=scheduler,
-        overwrite=overwrite,
-        progress=progress,
-        params=params,
-        **options,
-    )
+        _segment(
+            sdata,
+            model,
+            prepared,
+            inputs,
+            settings,
+            points_key=points_key,
+            key_added=key_added,
+            device=device,
+            client=client,
+            scheduler=scheduler,
+            store=store,
+            overwrite=overwrite,
+            progress=progress,
+            params=params,
+            **options,
+        )
     logger.info("segger_predict finished in %.1f s.", time.perf_counter() - start)
 
 
@@ -492,6 +527,7 @@ def _segment(
     device: str,
     client: Any | None,
     scheduler: str,
+    store: ArrayStore,
     overwrite: bool,
     progress: bool,
     params: dict[str, Any],
@@ -509,6 +545,7 @@ def _segment(
         device=_torch_device(device),
         client=client,
         scheduler=scheduler,
+        store=store,
         progress=progress,
     )
     logger.info(
@@ -651,6 +688,7 @@ def _predict_tiles(
     device: torch.device,
     client: Any | None,
     scheduler: str,
+    store: ArrayStore,
     progress: bool,
 ) -> _Predicted:
     """Predict every tile and choose each transcript's prior shape within the tile's task.
@@ -660,77 +698,112 @@ def _predict_tiles(
     """
     grid = TileGrid.from_positions(inputs.positions[:, :2], tile_size=tile_size, margin=settings.margin)
     tile_index = grid.index(inputs.positions[:, :2], inputs.shape_centroids)
+    tile_index = replace(tile_index, by_core=store.keep("tile_order", tile_index.by_core))
     tiles = tile_index.non_empty.tolist()
     task = partial(_predict_tile_task, settings=settings, rule=rule)
+    results = _TileResults(inputs.n_transcripts, model.embedding_size, store)
     if client is None:
-        results = _predict_tiles_locally(
+        _predict_tiles_locally(
             task,
             model,
             inputs,
             polygons,
             tile_index,
             tiles,
+            results,
             device=device,
             scheduler=scheduler,
             progress=progress,
         )
     else:
-        results = _predict_tiles_on_client(
+        gathered = _predict_tiles_on_client(
             client, task, model, inputs, polygons, tile_index, tiles, progress=progress
         )
-    _log_tile_summary(grid, results, settings)
+        while gathered:
+            results.add(gathered.pop())
+    results.log_summary(grid, settings)
     del tile_index
-    predicted = _gather_tile_results(results, inputs.n_transcripts, model.embedding_size)
+    predicted = results.finish()
     release_freed_memory()
     return predicted
 
 
-def _gather_tile_results(results: list[_TileResult], n_transcripts: int, embedding_size: int) -> _Predicted:
-    """Fill the slide-wide arrays from the tile results, releasing each result once copied."""
-    shape = np.full(n_transcripts, -1, dtype=np.int32)
-    score = np.full(n_transcripts, np.nan, dtype=np.float32)
-    predicted = np.zeros(n_transcripts, dtype=bool)
-    leftover, embeddings = [], []
-    n_links = 0
-    while results:
-        result = results.pop(0)
-        shape[result.transcripts] = result.shape
-        score[result.transcripts] = result.score
-        predicted[result.transcripts] = True
-        leftover.append(result.transcripts[result.shape < 0])
-        embeddings.append(result.leftover_embeddings)
-        n_links += result.n_links
+class _TileResults:
+    """Slide-wide arrays that each tile's result is written into as soon as its task ends.
 
-    if not predicted.all():
-        msg = (
-            f"{int((~predicted).sum())} transcripts were not predicted by any tile; this is a bug in tiling."
+    Tiles have disjoint cores, so tasks in threads may add their results at the same time: each
+    writes its own positions of the arrays, and a lock guards the rest.
+    """
+
+    def __init__(self, n_transcripts: int, embedding_size: int, store: ArrayStore) -> None:
+        self.shape = store.full("shape", n_transcripts, -1, np.int32)
+        self.score = store.full("score", n_transcripts, np.nan, np.float32)
+        self.predicted = np.zeros(n_transcripts, dtype=bool)
+        self.embedding_size = embedding_size
+        self.leftover: list[np.ndarray] = []
+        self.embeddings: list[np.ndarray] = []
+        self.n_links = 0
+        self.n_tiles = 0
+        self.unreached_tiles = 0
+        self.unreached_transcripts = 0
+        self._lock = threading.Lock()
+
+    def add(self, result: _TileResult) -> None:
+        """Write one tile's choices and keep its leftover transcripts for the fragment step."""
+        self.shape[result.transcripts] = result.shape
+        self.score[result.transcripts] = result.score
+        self.predicted[result.transcripts] = True
+        with self._lock:
+            self.leftover.append(result.transcripts[result.shape < 0])
+            self.embeddings.append(result.leftover_embeddings)
+            self.n_links += result.n_links
+            self.n_tiles += 1
+            if result.n_links == 0:
+                self.unreached_tiles += 1
+                self.unreached_transcripts += len(result.transcripts)
+
+    def finish(self) -> _Predicted:
+        """Return the gathered choices, with the leftover transcripts in ascending order.
+
+        Raises
+        ------
+        RuntimeError
+            When a transcript was in no tile's core.
+        """
+        if not self.predicted.all():
+            msg = (
+                f"{int((~self.predicted).sum())} transcripts were not predicted by any tile; this is a "
+                "bug in tiling."
+            )
+            raise RuntimeError(msg)
+
+        leftover = np.concatenate(self.leftover) if self.leftover else np.empty(0, dtype=np.int64)
+        embeddings = (
+            np.concatenate(self.embeddings)
+            if self.embeddings
+            else np.empty((0, self.embedding_size), np.float32)
         )
-        raise RuntimeError(msg)
-    leftover = np.concatenate(leftover) if leftover else np.empty(0, dtype=np.int64)
-    embeddings = np.concatenate(embeddings) if embeddings else np.empty((0, embedding_size), np.float32)
-    order = np.argsort(leftover, kind="stable")
-    return _Predicted(
-        shape=shape,
-        score=score,
-        leftover=leftover[order],
-        leftover_embeddings=embeddings[order],
-        n_links=n_links,
-    )
+        order = np.argsort(leftover, kind="stable")
+        return _Predicted(
+            shape=self.shape,
+            score=self.score,
+            leftover=leftover[order],
+            leftover_embeddings=embeddings[order],
+            n_links=self.n_links,
+        )
 
-
-def _log_tile_summary(grid: TileGrid, results: list[_TileResult], settings: GraphSettings) -> None:
-    """Log how many tiles were empty and how many had no candidate shape for any core transcript."""
-    unreached = [result for result in results if result.n_links == 0]
-    logger.info(
-        "Predicted %d of %d tiles: %d contained no transcripts, %d had no prior shape within dist_bd = "
-        "%.1f µm (their %d transcripts go to the fragment step).",
-        len(results),
-        grid.n_tiles,
-        grid.n_tiles - len(results),
-        len(unreached),
-        settings.dist_bd,
-        sum(len(result.transcripts) for result in unreached),
-    )
+    def log_summary(self, grid: TileGrid, settings: GraphSettings) -> None:
+        """Log how many tiles were empty and how many had no candidate shape for any core transcript."""
+        logger.info(
+            "Predicted %d of %d tiles: %d contained no transcripts, %d had no prior shape within "
+            "dist_bd = %.1f µm (their %d transcripts go to the fragment step).",
+            self.n_tiles,
+            grid.n_tiles,
+            grid.n_tiles - self.n_tiles,
+            self.unreached_tiles,
+            settings.dist_bd,
+            self.unreached_transcripts,
+        )
 
 
 def _predict_tiles_locally(
@@ -740,23 +813,27 @@ def _predict_tiles_locally(
     polygons: np.ndarray,
     tile_index: TileIndex,
     tiles: list[int],
+    results: _TileResults,
     *,
     device: torch.device,
     scheduler: str,
     progress: bool,
-) -> list[_TileResult]:
-    """Run ``task`` on every tile as a task of Dask's local ``scheduler``, in tile order.
+) -> None:
+    """Run ``task`` on every tile as a task of Dask's local ``scheduler``, adding each result to ``results``.
 
     Each task cuts its tile out of ``tile_index``, builds its graph and drops both once
-    predicted, so at most one tile per thread is alive. On CUDA, graphs are built in parallel
-    but one task at a time runs the model.
+    predicted, so at most one tile per thread is alive, and writes its result before it ends,
+    so no tile's result waits for the others. On CUDA, graphs are built in parallel but one task
+    at a time runs the model.
     """
     model.to(device)
     # NOTE: the CUDA path, with its lock, has only been run on machines without a GPU.
     model_lock = threading.Lock() if device.type == "cuda" else nullcontext()
     delayed_task = dask.delayed(
         partial(
-            task,
+            _predict_and_add,
+            task=task,
+            results=results,
             model=model,
             inputs=inputs,
             polygons=polygons,
@@ -774,13 +851,19 @@ def _predict_tiles_locally(
             Callback(posttask=lambda *_: bar.update()),
         ):
             if scheduler == "synchronous":
-                (results,) = dask.compute(delayed_results, scheduler="synchronous")
+                dask.compute(delayed_results, scheduler="synchronous")
             else:
                 with _tile_thread_pool(len(tiles)) as pool:
-                    (results,) = dask.compute(delayed_results, scheduler=pool)
+                    dask.compute(delayed_results, scheduler=pool)
     finally:
         model.cpu()
-    return list(results)
+
+
+def _predict_and_add(
+    tile: int, *, task: Callable[..., _TileResult], results: _TileResults, **options: Any
+) -> None:
+    """Run ``task`` on ``tile`` and add its result to ``results``."""
+    results.add(task(tile, **options))
 
 
 @contextmanager
@@ -996,10 +1079,10 @@ def _cells(
 
     shape_code = np.full(len(shape_ids), -1, dtype=np.int64)
     shape_code[used_shapes] = code_of[: len(used_shapes)]
-    graph_codes = np.full(len(best_shape), -1, dtype=np.int64)
+    graph_codes = np.full(len(best_shape), -1, dtype=np.int32)
     graph_codes[assigned] = shape_code[best_shape[assigned]]
     graph_codes[leftover[in_fragment]] = code_of[len(used_shapes) :][fragments[in_fragment]]
-    codes = np.full(prepared.n_points, -1, dtype=np.int64)
+    codes = np.full(prepared.n_points, -1, dtype=np.int32)
     codes[prepared.in_graph] = graph_codes
 
     graph_scores = best_score.copy()

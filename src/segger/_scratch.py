@@ -1,0 +1,137 @@
+"""Keep a run's per-transcript arrays in memory, or as memory-mapped files in a scratch folder."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from os import PathLike
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+
+class ArrayStore:
+    """Where one run keeps the arrays that have one entry per transcript.
+
+    Without a folder, arrays stay ordinary numpy arrays. With one, each array is written to a
+    ``.npy`` file there and read back as a memory map. Its pages then belong to the operating
+    system's file cache, which drops them under memory pressure and reads them again when
+    needed, so the memory that the process itself holds no longer grows with the slide.
+
+    Use :meth:`open`, which creates a fresh folder for the run and deletes it afterwards.
+    """
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = folder
+
+    @classmethod
+    @contextmanager
+    def open(cls, scratch_dir: str | PathLike[str] | None) -> Iterator[ArrayStore]:
+        """Yield a store in a new folder inside ``scratch_dir``, deleted on exit; in memory for ``None``.
+
+        Raises
+        ------
+        ValueError
+            When ``scratch_dir`` is not an existing folder.
+        """
+        if scratch_dir is None:
+            yield cls()
+            return
+
+        folder = Path(tempfile.mkdtemp(prefix="segger-", dir=check_scratch_dir(scratch_dir)))
+        try:
+            yield cls(folder)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether arrays are kept as memory-mapped files."""
+        return self.folder is not None
+
+    def keep(self, name: str, array: np.ndarray) -> np.ndarray:
+        """Return ``array``, or a read-only memory map of a copy of it written as ``name``."""
+        if self.folder is None:
+            return array
+        path = self._path(name)
+        np.save(path, np.ascontiguousarray(array))
+        return np.load(path, mmap_mode="r")
+
+    def full(self, name: str, shape: int | tuple[int, ...], fill_value: Any, dtype: Any) -> np.ndarray:
+        """Return a writable array of ``shape`` filled with ``fill_value``, mapped from a file ``name`` on disk."""
+        if self.folder is None:
+            return np.full(shape, fill_value, dtype=dtype)
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        array = np.lib.format.open_memmap(self._path(name), mode="w+", dtype=dtype, shape=shape)
+        array[...] = fill_value
+        return array
+
+    def column(self, name: str) -> Column:
+        """Return an array that is built by appending parts, as :class:`Column` describes."""
+        return Column(None if self.folder is None else self._path(name))
+
+    def _path(self, name: str) -> Path:
+        assert self.folder is not None
+        path = self.folder / f"{name}.npy"
+        if path.exists():
+            msg = f"The scratch array {name!r} was written twice; this is a bug in segger."
+            raise RuntimeError(msg)
+        return path
+
+
+def check_scratch_dir(scratch_dir: str | PathLike[str]) -> Path:
+    """Return ``scratch_dir`` as a path after checking that it is an existing folder.
+
+    Raises
+    ------
+    ValueError
+        When it is not.
+    """
+    folder = Path(scratch_dir)
+    if not folder.is_dir():
+        msg = (
+            f"scratch_dir={str(scratch_dir)!r} is not an existing folder. Create it first, or pass "
+            "scratch_dir=None to keep the per-transcript arrays in memory."
+        )
+        raise ValueError(msg)
+    return folder
+
+
+class Column:
+    """An array built from parts appended in order, such as the partitions of a points element.
+
+    In memory the parts are concatenated at the end, as :func:`numpy.concatenate` does. On disk
+    each part is written to a raw file as it comes, in the first part's type, and the file is
+    mapped read-only by :meth:`finish`.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.parts: list[np.ndarray] = []
+        self.file: IO[bytes] | None = None if path is None else path.open("wb")
+        self.dtype: np.dtype | None = None
+        self.row_shape: tuple[int, ...] = ()
+        self.n_rows = 0
+
+    def append(self, part: np.ndarray) -> None:
+        """Add ``part`` after the rows appended so far."""
+        if self.dtype is None:
+            self.dtype, self.row_shape = part.dtype, part.shape[1:]
+        self.n_rows += len(part)
+        if self.file is None:
+            self.parts.append(part)
+            return
+        np.ascontiguousarray(part, dtype=self.dtype).tofile(self.file)
+
+    def finish(self) -> np.ndarray:
+        """Return the whole array; no part can be appended afterwards."""
+        if self.file is None:
+            return np.concatenate(self.parts)
+
+        self.file.close()
+        if self.n_rows == 0:
+            return np.empty((0, *self.row_shape), dtype=self.dtype)
+        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.n_rows, *self.row_shape))
