@@ -171,10 +171,13 @@ def report(results: dict[str, list[dict[str, Any]]], limit_gb: float | None, max
             columns.append(run)
 
     def row(label: str, value: Callable[[dict[str, Any]], str]) -> list[str]:
-        return [label, *[run.get("error", "–") if "error" in run else value(run) for run in columns]]
+        return [label, *["–" if "error" in run else value(run) for run in columns]]
 
     rows = [
-        row("transcripts", lambda run: f"{run['n_transcripts']:,}"),
+        [
+            "transcripts",
+            *[run["error"] if "error" in run else f"{run['n_transcripts']:,}" for run in columns],
+        ],
         row("segger_fit (s)", lambda run: f"{run['seconds']:.1f}"),
         row("**peak RssAnon (GB)**", lambda run: f"{run['peak_anon_bytes'] / 1e9:.2f}"),
         row("peak RssFile (GB)", lambda run: f"{run['peak_file_bytes'] / 1e9:.2f}"),
