@@ -206,9 +206,12 @@ def report(results: dict[str, list[dict[str, Any]]], limit_gb: float | None, max
 
 
 def same_labels(results: dict[str, list[dict[str, Any]]], run: dict[str, Any]) -> bool | str:
+    """Return whether ``run`` wrote the labels of the in-memory run of its dataset."""
     for runs in results.values():
         if run in runs:
             reference = next((other for other in runs if other["mode"] == "memory"), None)
+            if reference is run:
+                return "(reference)"
             if reference is None or "error" in reference:
                 return "–"
             return reference["labels_sha256"] == run["labels_sha256"]
