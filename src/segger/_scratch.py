@@ -19,7 +19,7 @@ class ArrayStore:
     Without a folder, arrays stay ordinary numpy arrays. With one, each array is written to a
     ``.npy`` file there and read back as a memory map. Its pages then belong to the operating
     system's file cache, which drops them under memory pressure and reads them again when
-    needed, so the memory that the process itself holds no longer grows with the slide.
+    needed, so these arrays no longer take the process's own memory.
 
     Use :meth:`open`, which creates a fresh folder for the run and deletes it afterwards.
     """

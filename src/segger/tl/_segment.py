@@ -221,10 +221,10 @@ def segger_fit(
         An existing folder for the arrays that have one entry per transcript: coordinates, genes,
         ids, the tile order and the predicted shapes and scores, about 70 bytes per transcript.
         ``None`` keeps them in memory. With a folder, they are written to files in a new
-        subfolder and read back as memory maps, so the process's own memory stops growing with
-        the slide. The subfolder is deleted when the call ends, also after an
-        error. The new points columns are kept in memory, as without a folder. With ``client``,
-        the workers still receive the arrays in memory.
+        subfolder and read back as memory maps, so they no longer take the process's own
+        memory. The subfolder is deleted when the call ends, also after an error. The new points
+        columns are kept in memory, as without a folder. With ``client``, the workers still
+        receive the arrays in memory.
     random_state
         Seed for numpy and torch.
     overwrite
