@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -88,13 +89,19 @@ def check_scratch_dir(scratch_dir: str | PathLike[str]) -> Path:
     Raises
     ------
     ValueError
-        When it is not.
+        When it is not, or when it is not writable.
     """
     folder = Path(scratch_dir)
     if not folder.is_dir():
         msg = (
             f"scratch_dir={str(scratch_dir)!r} is not an existing folder. Create it first, or pass "
             "scratch_dir=None to keep the per-transcript arrays in memory."
+        )
+        raise ValueError(msg)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        msg = (
+            f"scratch_dir={str(scratch_dir)!r} is not writable by this user. Choose a folder you "
+            "can write to, or pass scratch_dir=None to keep the per-transcript arrays in memory."
         )
         raise ValueError(msg)
     return folder

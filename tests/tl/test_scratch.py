@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -112,6 +114,17 @@ def test_missing_scratch_dir_raises(tmp_path):
     assert "segger_boundaries" not in sdata.shapes
     assert "segger_cell_id" not in sdata.points["transcripts"].columns
     assert not missing.exists()
+
+
+def test_read_only_scratch_dir_raises(tmp_path, monkeypatch):
+    # Root may write to a folder whatever its mode, so the permission check is what is replaced.
+    writable = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if path == tmp_path else writable(path, mode))
+
+    with pytest.raises(ValueError, match="is not writable"), ArrayStore.open(tmp_path):
+        pass
+
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_prepare_maps_arrays_from_scratch(tmp_path):
