@@ -189,6 +189,20 @@ def test_fit_duplicate_transcript_ids(toy):
         sg.tl.segger_fit(rebuild(points, shapes), **FAST)
 
 
+@pytest.mark.parametrize("in_scratch", [False, True])
+def test_fit_text_transcript_ids(toy, tmp_path, in_scratch):
+    points, shapes = parts(toy)
+    points = points.assign(transcript_id="t" + points["transcript_id"].astype(str))
+    sdata = rebuild(points, shapes)
+    before = snapshot(sdata)
+
+    with pytest.raises(ValueError, match=r"must contain integers.*'t0'"):
+        sg.tl.segger_fit(sdata, scratch_dir=tmp_path if in_scratch else None, **FAST)
+
+    assert_unchanged(sdata, before)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_fit_disjoint_points_and_shapes(toy):
     points, shapes = parts(toy)
     far = gpd.GeoDataFrame(geometry=shapes.geometry.translate(10_000, 10_000), index=shapes.index)

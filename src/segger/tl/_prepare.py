@@ -343,7 +343,7 @@ def _read_partition(
     if C.Z in frame.columns:
         positions[:, 2] = frame[C.Z].to_numpy(dtype=np.float32)[in_graph]
 
-    ids = frame[C.TRANSCRIPT_ID].to_numpy() if C.TRANSCRIPT_ID in frame.columns else None
+    ids = _integer_ids(frame[C.TRANSCRIPT_ID]) if C.TRANSCRIPT_ID in frame.columns else None
     return _Partition(
         xy=xy,
         feature_codes=categories.codes(frame[feature_key]),
@@ -353,6 +353,28 @@ def _read_partition(
         positions=positions,
         prior_index=_prior_index(frame, in_graph, shapes, shapes_frame),
     )
+
+
+def _integer_ids(ids: pd.Series) -> np.ndarray:
+    """Return a partition's ``transcript_id`` values as int64.
+
+    Raises
+    ------
+    ValueError
+        When a value is missing or not an integer, naming the first such value.
+    """
+    try:
+        return ids.to_numpy(dtype=np.int64)
+    except (ValueError, TypeError, OverflowError):
+        numbers = pd.to_numeric(ids, errors="coerce")
+        bad = ids[numbers.isna() | (numbers != numbers.round())]
+        example = bad.iloc[0] if len(bad) else ids.iloc[0]
+        msg = (
+            f"Column {C.TRANSCRIPT_ID!r} of the points must contain integers, because segger numbers "
+            f"new cells by it, but it contains {example!r}. Map the ids to integers, or drop the "
+            "column to number the transcripts by row."
+        )
+        raise ValueError(msg) from None
 
 
 def _check_transcript_ids(ids: Column, n_points: int, points_key: str) -> np.ndarray:
