@@ -361,7 +361,7 @@ def _integer_ids(ids: pd.Series) -> np.ndarray:
     Raises
     ------
     ValueError
-        When a value is missing or not an integer, naming the first such value.
+        When a value is missing or cannot be read as an integer, naming the first such value.
     """
     try:
         return ids.to_numpy(dtype=np.int64)
