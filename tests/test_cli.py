@@ -519,7 +519,9 @@ def test_missing_scratch_dir_reported(zarr_input, tmp_path, capsys):
 
     status = main(["segment", str(zarr_input), "-o", str(output), "--scratch-dir", str(missing), *FAST])
 
+    err = capsys.readouterr().err
     assert status == 1
-    assert "is not an existing folder" in capsys.readouterr().err
+    assert f"--scratch-dir {str(missing)!r} is not an existing folder" in err
+    assert "leave out --scratch-dir" in err
     assert not output.exists()
     assert not missing.exists()

@@ -35,8 +35,8 @@ class ArrayStore:
 
         Raises
         ------
-        ValueError
-            When ``scratch_dir`` is not an existing folder.
+        ValueError, TypeError
+            When ``scratch_dir`` is not an existing, writable folder, as :func:`check_scratch_dir` says.
         """
         if scratch_dir is None:
             yield cls()
@@ -58,7 +58,10 @@ class ArrayStore:
         if self.folder is None:
             return array
         path = self._path(name)
-        np.save(path, np.ascontiguousarray(array))
+        try:
+            np.save(path, np.ascontiguousarray(array))
+        except OSError as error:
+            raise _write_failed(path, error) from error
         return np.load(path, mmap_mode="r")
 
     def full(self, name: str, shape: int | tuple[int, ...], fill_value: Any, dtype: Any) -> np.ndarray:
@@ -66,7 +69,16 @@ class ArrayStore:
         if self.folder is None:
             return np.full(shape, fill_value, dtype=dtype)
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        array = np.lib.format.open_memmap(self._path(name), mode="w+", dtype=dtype, shape=shape)
+        path = self._path(name)
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        # The file is sparse until its pages are written, and writing a page that a full disk
+        # cannot hold kills the process with SIGBUS, so the space is reserved first.
+        if hasattr(os, "posix_fallocate"):
+            try:
+                with path.open("r+b") as file:
+                    os.posix_fallocate(file.fileno(), 0, path.stat().st_size)
+            except OSError as error:
+                raise _write_failed(path, error) from error
         array[...] = fill_value
         return array
 
@@ -83,28 +95,50 @@ class ArrayStore:
         return path
 
 
-def check_scratch_dir(scratch_dir: str | PathLike[str]) -> Path:
-    """Return ``scratch_dir`` as a path after checking that it is an existing folder.
+def check_scratch_dir(scratch_dir: str | PathLike[str], *, option: str = "scratch_dir") -> Path:
+    """Return ``scratch_dir`` as a path, with ``~`` expanded, after checking that it is a writable folder.
+
+    ``option`` names the setting in messages: ``"scratch_dir"`` for the Python functions, or
+    a command-line flag such as ``"--scratch-dir"``.
 
     Raises
     ------
+    TypeError
+        When it is not a ``str`` or ``os.PathLike`` path.
     ValueError
-        When it is not, or when it is not writable.
+        When it is empty, not an existing folder, or not writable.
     """
-    folder = Path(scratch_dir)
+    if option.startswith("-"):
+        given, skip = f"{option} {scratch_dir!r}", f"leave out {option}"
+    else:
+        given, skip = f"{option}={scratch_dir!r}", f"pass {option}=None"
+    keep = f"{skip} to keep the per-transcript arrays in memory"
+    path = os.fspath(scratch_dir) if isinstance(scratch_dir, str | os.PathLike) else None
+    if not isinstance(path, str):
+        msg = f"{given} is not a folder path; give a str or pathlib.Path, or {keep}."
+        raise TypeError(msg)
+    if not path:
+        msg = f"{given} is empty; give a folder path, or {keep}."
+        raise ValueError(msg)
+
+    folder = Path(path).expanduser()
     if not folder.is_dir():
-        msg = (
-            f"scratch_dir={str(scratch_dir)!r} is not an existing folder. Create it first, or pass "
-            "scratch_dir=None to keep the per-transcript arrays in memory."
-        )
+        msg = f"{given} is not an existing folder. Create it first, or {keep}."
         raise ValueError(msg)
     if not os.access(folder, os.W_OK | os.X_OK):
-        msg = (
-            f"scratch_dir={str(scratch_dir)!r} is not writable by this user. Choose a folder you "
-            "can write to, or pass scratch_dir=None to keep the per-transcript arrays in memory."
-        )
+        msg = f"{given} is not writable by this user. Choose a folder you can write to, or {keep}."
         raise ValueError(msg)
     return folder
+
+
+def _write_failed(path: Path, error: OSError) -> OSError:
+    """Return the error for a scratch file that could not be written, naming its folder."""
+    msg = (
+        f"Writing the scratch array {path.stem!r} to {path.parent.parent} failed: {error}. The scratch "
+        "folder needs about 70 bytes per transcript, for example 7 GB for 100 million; free some "
+        "space there, choose another scratch_dir, or use none to keep the arrays in memory."
+    )
+    return OSError(msg)
 
 
 class Column:
@@ -131,7 +165,10 @@ class Column:
         if self.file is None:
             self.parts.append(part)
             return
-        np.ascontiguousarray(part, dtype=self.dtype).tofile(self.file)
+        try:
+            np.ascontiguousarray(part, dtype=self.dtype).tofile(self.file)
+        except OSError as error:
+            raise _write_failed(self.path, error) from error
 
     def finish(self) -> np.ndarray:
         """Return the whole array; no part can be appended afterwards."""

@@ -373,7 +373,7 @@ def _segment_command(args: argparse.Namespace) -> None:
     save_file = _save_model_path(options.get("save_model"), source, output, overwrite=args.overwrite)
     _check_device(args.device)
     if args.scratch_dir is not None:
-        check_scratch_dir(args.scratch_dir)
+        check_scratch_dir(args.scratch_dir, option="--scratch-dir")
 
     model = _load_model(model_file) if model_file is not None else None
     sdata = _read_input(source, random_state=args.seed, pixel_size=args.pixel_size)

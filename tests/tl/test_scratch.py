@@ -127,6 +127,48 @@ def test_read_only_scratch_dir_raises(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        ("", ValueError, "is empty"),
+        (5, TypeError, "is not a folder path"),
+        (b"/tmp", TypeError, "is not a folder path"),
+    ],
+)
+def test_invalid_scratch_dir_named(value, error, message):
+    with pytest.raises(error, match=message) as raised, ArrayStore.open(value):
+        pass
+
+    assert f"scratch_dir={value!r}" in str(raised.value)
+    assert "scratch_dir=None" in str(raised.value)
+
+
+def test_scratch_dir_expands_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+    with ArrayStore.open("~") as store:
+        assert store.folder.parent == tmp_path
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_full_disk_names_scratch_dir(tmp_path, monkeypatch):
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with ArrayStore.open(tmp_path) as store:
+        monkeypatch.setattr(os, "posix_fallocate", no_space, raising=False)
+        with pytest.raises(OSError, match=r"'score' to .* failed: .*No space left") as raised:
+            store.full("score", 10, np.nan, np.float32)
+        monkeypatch.setattr(np, "save", no_space)
+        with pytest.raises(OSError, match=r"'tokens' to .* failed"):
+            store.keep("tokens", np.arange(3))
+
+    assert str(tmp_path) in str(raised.value)
+    assert "70 bytes per transcript" in str(raised.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_prepare_maps_arrays_from_scratch(tmp_path):
     sdata = sg.datasets.toy(n_cells=40, random_state=1)
     options = {"points_key": "transcripts", "shapes_key": "nucleus_boundaries", "min_qv": C.DEFAULT_MIN_QV}
