@@ -15,7 +15,7 @@ import numpy as np
 
 
 class ArrayStore:
-    """Where one run keeps the arrays that have one entry per transcript.
+    """Storage of one run's arrays that have one entry per transcript.
 
     Without a folder, arrays stay ordinary numpy arrays. With one, each array is written to a
     ``.npy`` file there and read back as a memory map. Its pages then belong to the operating
@@ -36,7 +36,7 @@ class ArrayStore:
         Raises
         ------
         ValueError, TypeError
-            When ``scratch_dir`` is not an existing, writable folder, as :func:`check_scratch_dir` says.
+            When ``scratch_dir`` is not an existing, writable folder (see :func:`check_scratch_dir`).
         """
         if scratch_dir is None:
             yield cls()
@@ -109,24 +109,24 @@ def check_scratch_dir(scratch_dir: str | PathLike[str], *, option: str = "scratc
         When it is empty, not an existing folder, or not writable.
     """
     if option.startswith("-"):
-        given, skip = f"{option} {scratch_dir!r}", f"leave out {option}"
+        setting, skip = f"{option} {scratch_dir!r}", f"leave out {option}"
     else:
-        given, skip = f"{option}={scratch_dir!r}", f"pass {option}=None"
+        setting, skip = f"{option}={scratch_dir!r}", f"pass {option}=None"
     keep = f"{skip} to keep the per-transcript arrays in memory"
     path = os.fspath(scratch_dir) if isinstance(scratch_dir, str | os.PathLike) else None
     if not isinstance(path, str):
-        msg = f"{given} is not a folder path; give a str or pathlib.Path, or {keep}."
+        msg = f"{setting} is not a folder path; give a str or pathlib.Path, or {keep}."
         raise TypeError(msg)
     if not path:
-        msg = f"{given} is empty; give a folder path, or {keep}."
+        msg = f"{setting} is empty; give a folder path, or {keep}."
         raise ValueError(msg)
 
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        msg = f"{given} is not an existing folder. Create it first, or {keep}."
+        msg = f"{setting} is not an existing folder. Create it first, or {keep}."
         raise ValueError(msg)
     if not os.access(folder, os.W_OK | os.X_OK):
-        msg = f"{given} is not writable by this user. Choose a folder you can write to, or {keep}."
+        msg = f"{setting} is not writable by this user. Choose a folder you can write to, or {keep}."
         raise ValueError(msg)
     return folder
 
