@@ -3,6 +3,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import shapely
 import spatialdata
 
 import segger as sg
-from segger.cli import main
+from segger.cli import _staged, main
 
 FAST = ["--max-epochs", "2", "--no-progress"]
 
@@ -525,3 +527,31 @@ def test_missing_scratch_dir_reported(zarr_input, tmp_path, capsys):
     assert "leave out --scratch-dir" in err
     assert not output.exists()
     assert not missing.exists()
+
+
+def _interrupt_while_writing(target: Path, writers: list) -> None:
+    """Start a thread that writes chunks into the staged folder for 0.3 s, then interrupt the block."""
+
+    def write_chunks(folder: Path) -> None:
+        end = time.perf_counter() + 0.3
+        number = 0
+        while time.perf_counter() < end:
+            (folder / "points").mkdir(parents=True, exist_ok=True)
+            (folder / "points" / f"chunk-{number}").write_bytes(b"0")
+            number += 1
+
+    with _staged(target) as staged:
+        writer = threading.Thread(target=write_chunks, args=(staged,))
+        writers.append(writer)
+        writer.start()
+        raise KeyboardInterrupt
+
+
+def test_staged_removed_while_writer_adds_files(tmp_path):
+    writers = []
+
+    with pytest.raises(KeyboardInterrupt):
+        _interrupt_while_writing(tmp_path / "out.zarr", writers)
+
+    writers[0].join()
+    assert list(tmp_path.iterdir()) == []

@@ -662,7 +662,24 @@ def _staged(target: Path) -> Iterator[Path]:
     try:
         yield staged
     finally:
-        _remove(staged)
+        _remove_left_over(staged)
+
+
+def _remove_left_over(path: Path, *, attempts: int = 20, pause: float = 0.1) -> None:
+    """Remove ``path``, trying again while threads of an interrupted write still add files to it.
+
+    An interrupt stops the main thread, but the writer threads finish the chunks they hold, so a
+    single removal can fail or leave new files behind. Errors are logged, not raised, so that
+    the exception that ended the write is the one reported.
+    """
+    for _ in range(attempts):
+        with contextlib.suppress(OSError):
+            _remove(path)
+        # Checked after a pause, so that a writer still running has time to show itself.
+        time.sleep(pause)
+        if not (path.exists() or path.is_symlink()):
+            return
+    logger.warning("Could not remove the temporary path %s; delete it before running again.", path)
 
 
 def _publish(staged: Path, target: Path) -> None:
