@@ -37,7 +37,7 @@ def share_one_arena() -> bool:
 
     The setting lasts for the rest of the process. glibc reads it the next time a thread needs a
     new arena, and only while the process has at most 8 arenas (``arena_get2`` in glibc's
-    ``malloc/arena.c``); arenas freed by finished threads are still reused. Nothing happens when the user has set ``MALLOC_ARENA_MAX`` or a
+    ``malloc/arena.c``). Arenas freed by finished threads are still reused. Nothing happens when the user has set ``MALLOC_ARENA_MAX`` or a
     ``glibc.malloc.arena_max`` tunable, or without glibc.
 
     Returns
