@@ -31,9 +31,12 @@ def share_one_arena() -> bool:
     """Make threads started from now on allocate from glibc's main arena instead of their own.
 
     Each tile thread would otherwise get an arena of its own, and every arena keeps the freed
-    temporaries of its largest tile. With two tile threads, ``segger_predict`` on the
-    5-million-transcript benchmark slide peaked at 2.07 GB with this setting and at 2.28 GB
-    without, in the same time.
+    temporaries of its largest tile.
+
+    NOTE: the benefit is not established. On the 5-million-transcript benchmark slide with two
+    tile threads, ``segger_predict`` peaked at 2.07 GB with the setting and 2.28 GB without in
+    one pair of runs, and at 2.22 and 2.12 GB in another (``benchmarks/arena_predict.py``), which
+    is within the run-to-run spread of the prediction peak.
 
     The setting lasts for the rest of the process. glibc reads it the next time a thread needs a
     new arena, and only while the process has at most 8 arenas (``arena_get2`` in glibc's
