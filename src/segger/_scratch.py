@@ -66,8 +66,14 @@ class ArrayStore:
 
     def full(self, name: str, shape: int | tuple[int, ...], fill_value: Any, dtype: Any) -> np.ndarray:
         """Return a writable array of ``shape`` filled with ``fill_value``, mapped from a file ``name`` on disk."""
+        array = self.empty(name, shape, dtype)
+        array[...] = fill_value
+        return array
+
+    def empty(self, name: str, shape: int | tuple[int, ...], dtype: Any) -> np.ndarray:
+        """Return a writable array of ``shape`` whose values the caller sets, mapped from a file ``name`` on disk."""
         if self.folder is None:
-            return np.full(shape, fill_value, dtype=dtype)
+            return np.empty(shape, dtype=dtype)
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         path = self._path(name)
         array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
@@ -79,7 +85,6 @@ class ArrayStore:
                     os.posix_fallocate(file.fileno(), 0, path.stat().st_size)
             except OSError as error:
                 raise _write_failed(path, error) from error
-        array[...] = fill_value
         return array
 
     def column(self, name: str) -> Column:

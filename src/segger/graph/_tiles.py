@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
+from .._grouping import group_rows
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,13 @@ class TileGrid:
         for number in index.non_empty:
             yield index.tile(int(number), xy, shape_xy)
 
-    def index(self, xy: np.ndarray, shape_xy: np.ndarray) -> TileIndex:
+    def index(
+        self,
+        xy: np.ndarray,
+        shape_xy: np.ndarray,
+        *,
+        allocate: Callable[[int, type[np.integer]], np.ndarray] | None = None,
+    ) -> TileIndex:
         """Sort the transcripts by core tile, so that any tile can be cut out on demand.
 
         Parameters
@@ -108,11 +116,15 @@ class TileGrid:
             Transcript positions, shape ``(n, 2)``, µm.
         shape_xy
             Prior-shape centroids, shape ``(m, 2)``, µm.
+        allocate
+            Returns an empty array of the given length and integer type for the sorted
+            transcript indices, for example a memory map; :func:`numpy.empty` by default.
         """
-        core_of = self.core_tile(xy)
-        by_core = np.argsort(core_of, kind="stable").astype(compact_index_dtype(len(xy)))
-        core_starts = np.searchsorted(core_of[by_core], np.arange(self.n_tiles + 1))
-        del core_of
+        dtype = compact_index_dtype(len(xy))
+        allocate = allocate or np.empty
+        by_core, core_starts = group_rows(
+            lambda block: self.core_tile(xy[block]), len(xy), self.n_tiles, lambda n: allocate(n, dtype)
+        )
         shape_order = np.argsort(shape_xy[:, 0], kind="stable")
         return TileIndex(
             grid=self,
