@@ -187,16 +187,22 @@ def test_boundaries_areas(sdata, cell_ids, scores):
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 5])
-def test_boundaries_same_in_chunks(sdata, cell_ids, scores, monkeypatch, chunk):
+def test_boundaries_and_counts_same_in_chunks(sdata, cell_ids, scores, monkeypatch, chunk):
     _write(sdata, cell_ids, scores)
     whole = sdata.shapes["segger_boundaries"].copy()
-    monkeypatch.setattr("segger.tl._writeback._HULL_CHUNK", chunk)
+    whole_counts = sdata.tables["segger_table"].X.copy()
+    monkeypatch.setattr("segger.tl._writeback._CELL_CHUNK", chunk)
+    monkeypatch.setattr("segger._grouping.BLOCK_ROWS", chunk)
 
     _write(sdata, cell_ids, scores, overwrite=True)
 
     chunked = sdata.shapes["segger_boundaries"]
     assert chunked.index.equals(whole.index)
     assert chunked.geom_equals(whole).all()
+    counts = sdata.tables["segger_table"].X
+    assert counts.dtype == whole_counts.dtype
+    assert (counts != whole_counts).nnz == 0
+    assert counts.has_canonical_format
 
 
 def test_boundaries_cover_transcripts(sdata, cell_ids, scores):

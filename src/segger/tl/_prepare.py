@@ -17,6 +17,7 @@ from spatialdata import SpatialData
 from spatialdata.transformations import get_transformation
 
 from .. import _constants as C
+from .._grouping import row_blocks
 from .._memory import release_freed_memory
 from .._scratch import ArrayStore, Column
 from ..graph import GraphInputs, shape_features
@@ -35,6 +36,9 @@ NUCLEUS_DIAMETER_RANGE_UM = (4.0, 12.0)
 # the Xenium lung crop every flagged transcript lies within 0.4 µm of its nucleus polygon.
 MAX_LABEL_DISTANCE_UM = 2.0
 MIN_LABELS_NEAR_SHAPE = 0.5
+
+# Transcript ids checked for repeats at once, which needs a hash table of them.
+_ID_BUCKET = 1 << 23
 
 
 @dataclass
@@ -92,9 +96,13 @@ class PreparedData:
         """Return the distinct gene names of the graph transcripts."""
         return self.gene_names[np.unique(self.graph_feature_codes)]
 
-    def tokens(self, tokenize: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        """Return each graph transcript's token as int32, tokenizing every gene name once."""
-        return tokenize(self.gene_names).astype(np.int32)[self.graph_feature_codes]
+    def tokens(self, tokenize: Callable[[np.ndarray], np.ndarray], store: ArrayStore) -> np.ndarray:
+        """Return each graph transcript's token as int32, tokenizing every gene name once; kept in ``store``."""
+        token_of = tokenize(self.gene_names).astype(np.int32)
+        tokens = store.column("tokens")
+        for block in row_blocks(len(self.graph_feature_codes)):
+            tokens.append(token_of[self.graph_feature_codes[block]])
+        return tokens.finish()
 
     def graph_inputs(self, tokens: np.ndarray, scaled_shape_features: np.ndarray) -> GraphInputs:
         """Return the arrays for graph building with the given gene tokens and scaled shape features."""
@@ -144,15 +152,19 @@ class _CategoryUnion:
             return np.full(len(local), -1, dtype=np.int32)
         return np.where(local >= 0, mapping[local], -1).astype(np.int32)
 
-    def finish(self, codes: np.ndarray) -> tuple[pd.Index, np.ndarray]:
-        """Return the categories and ``codes`` renumbered for them."""
+    def finish(self, codes: np.ndarray, store: ArrayStore) -> tuple[pd.Index, np.ndarray]:
+        """Return the categories and ``codes`` renumbered for them, kept in ``store`` when renumbered."""
         categories = pd.Index(self.categories)
         if not self.sort or len(categories) == 0:
             return categories, codes
         order = np.argsort(categories.to_numpy(dtype=str), kind="stable")
-        renumber = np.empty(len(order), dtype=np.int32)
+        # The last entry maps the missing code -1 to itself.
+        renumber = np.full(len(order) + 1, -1, dtype=np.int32)
         renumber[order] = np.arange(len(order), dtype=np.int32)
-        return categories[order], np.where(codes >= 0, renumber[codes], -1).astype(np.int32)
+        renumbered = store.column("feature_codes_sorted")
+        for block in row_blocks(len(codes)):
+            renumbered.append(renumber[codes[block]])
+        return categories[order], renumbered.finish()
 
     def _add(self, category: Any) -> int:
         if category not in self.lookup:
@@ -228,15 +240,17 @@ def prepare(
         msg = f"Points element {points_key!r} is empty; segmentation needs transcripts."
         raise ValueError(msg)
     check_nonfinite_counts(nonfinite, n_points, source=source)
-    transcript_ids = _check_transcript_ids(columns["transcript_ids"], n_points, points_key)
+    if columns["transcript_ids"].n_rows:
+        transcript_ids = columns["transcript_ids"].finish()
+        _check_unique_id_array(transcript_ids, points_key)
+    else:
+        transcript_ids = None
 
     xy = columns["xy"].finish()
     _check_overlap(xy, shapes, points_key=points_key, shapes_key=shapes_key)
     _warn_if_pixels(shapes, shapes_key)
 
-    features, feature_codes = categories.finish(columns["feature_codes"].finish())
-    if categories.sort:
-        feature_codes = store.keep("feature_codes_sorted", feature_codes)
+    features, feature_codes = categories.finish(columns["feature_codes"].finish(), store)
     in_graph = columns["in_graph"].finish()
     if not in_graph.any():
         msg = (
@@ -280,8 +294,8 @@ def prepare(
         points=points,
         shapes=shapes,
         in_graph=in_graph,
-        graph_feature_codes=store.keep("graph_feature_codes", feature_codes[in_graph]),
-        transcript_ids=store.keep("graph_transcript_ids", transcript_ids[in_graph]),
+        graph_feature_codes=_graph_rows(store.column("graph_feature_codes"), feature_codes, in_graph),
+        transcript_ids=_graph_rows(store.column("graph_transcript_ids"), transcript_ids, in_graph),
         positions=positions,
         prior_index=prior_index,
         shape_features=shape_features(polygons),
@@ -377,25 +391,62 @@ def _integer_ids(ids: pd.Series) -> np.ndarray:
         raise ValueError(msg) from None
 
 
-def _check_transcript_ids(ids: Column, n_points: int, points_key: str) -> np.ndarray:
-    """Return every transcript's ``transcript_id`` (its row number without that column), checked unique."""
-    if ids.n_rows == 0:
-        return np.arange(n_points, dtype=np.int64)
+def _graph_rows(column: Column, values: np.ndarray | None, in_graph: np.ndarray) -> np.ndarray:
+    """Return the entries of ``values`` for the graph transcripts, written block by block to ``column``.
 
-    series = pd.Series(ids.finish())
-    _check_unique_ids(series, points_key)
-    return series.to_numpy(dtype=np.int64)
+    ``None`` stands for the row numbers, the transcript ids of points without that column.
+    """
+    for block in row_blocks(len(in_graph)):
+        part = np.arange(block.start, block.stop, dtype=np.int64) if values is None else values[block]
+        column.append(part[in_graph[block]])
+    return column.finish()
+
+
+def _check_unique_id_array(ids: np.ndarray, points_key: str) -> None:
+    """Raise ValueError when ``ids`` repeat a value, checking about :data:`_ID_BUCKET` ids at a time.
+
+    Equal ids fall into the same bucket of a hash of their value, so each bucket is checked on its own.
+    """
+    n_buckets = -(-len(ids) // _ID_BUCKET)
+    n_duplicated = 0
+    for bucket in range(n_buckets):
+        if n_buckets == 1:
+            values = ids
+        else:
+            values = np.concatenate(
+                [
+                    part[_id_bucket(part, n_buckets) == bucket]
+                    for part in map(ids.__getitem__, row_blocks(len(ids)))
+                ]
+            )
+        n_duplicated += _n_duplicated(pd.Series(values))
+    if n_duplicated:
+        raise ValueError(_duplicate_ids_message(n_duplicated, points_key))
+
+
+def _id_bucket(ids: np.ndarray, n_buckets: int) -> np.ndarray:
+    """Return the bucket of each id from the upper bits of a multiplicative hash, so that ids in a regular pattern spread."""
+    mixed = ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    return (mixed >> np.uint64(32)) % np.uint64(n_buckets)
+
+
+def _n_duplicated(ids: pd.Series) -> int:
+    """Return how many entries of ``ids`` share their value with another entry."""
+    return 0 if ids.is_unique else int(ids.duplicated(keep=False).sum())
 
 
 def _check_unique_ids(ids: pd.Series, points_key: str) -> None:
-    if not ids.is_unique:
-        n_duplicated = int(ids.duplicated(keep=False).sum())
-        msg = (
-            f"Column {C.TRANSCRIPT_ID!r} of points {points_key!r} must be a unique key, but "
-            f"{n_duplicated} rows share a value with another row. segger numbers new cells by it. "
-            f"Make it unique, for example `points[{C.TRANSCRIPT_ID!r}] = np.arange(len(points))`."
-        )
-        raise ValueError(msg)
+    n_duplicated = _n_duplicated(ids)
+    if n_duplicated:
+        raise ValueError(_duplicate_ids_message(n_duplicated, points_key))
+
+
+def _duplicate_ids_message(n_duplicated: int, points_key: str) -> str:
+    return (
+        f"Column {C.TRANSCRIPT_ID!r} of points {points_key!r} must be a unique key, but "
+        f"{n_duplicated} rows share a value with another row. segger numbers new cells by it. "
+        f"Make it unique, for example `points[{C.TRANSCRIPT_ID!r}] = np.arange(len(points))`."
+    )
 
 
 def _read_shapes(sdata: SpatialData, shapes_key: str) -> gpd.GeoDataFrame:

@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from os import PathLike
 from typing import Any, Literal
@@ -25,6 +25,7 @@ from spatialdata import SpatialData
 from tqdm.auto import tqdm
 
 from .. import _constants as C
+from .._grouping import row_blocks
 from .._memory import release_freed_memory, share_one_arena
 from .._scratch import ArrayStore
 from ..graph import (
@@ -320,11 +321,13 @@ def segger_fit(
         }
 
         inputs = prepared.graph_inputs(
-            store.keep("tokens", prepared.tokens(model.tokenize)),
+            prepared.tokens(model.tokenize, store),
             scale_features(prepared.shape_features, mean, std),
         )
         grid = TileGrid.from_positions(inputs.positions[:, :2], tile_size=tile_size, margin=settings.margin)
-        tiles = _training_tiles(inputs, grid, settings, max_tiles=max_train_tiles, random_state=random_state)
+        tiles = _training_tiles(
+            inputs, grid, settings, max_tiles=max_train_tiles, random_state=random_state, store=store
+        )
 
         if max_steps is None:
             max_steps = max(MIN_TRAINING_STEPS, MIN_TRAINING_PASSES * len(tiles))
@@ -453,7 +456,7 @@ def segger_predict(
         )
         settings = GraphSettings(**stored["graph"])
         settings.max_shape_radius = max(settings.max_shape_radius, _max_shape_radius(prepared))
-        tokens = store.keep("tokens", prepared.tokens(model.tokenize))
+        tokens = prepared.tokens(model.tokenize, store)
         _warn_unknown_genes(prepared, tokens)
 
         scaling = stored["shape_scaling"]
@@ -570,7 +573,7 @@ def _segment(
         time.perf_counter() - phase,
     )
 
-    cells, scores, prior_ids = _cells(prepared, best_shape, best_score, fragments)
+    cells, scores, prior_ids = _cells(prepared, best_shape, best_score, leftover, fragments)
     write_cells(
         sdata,
         cells,
@@ -582,6 +585,7 @@ def _segment(
         prior_shapes=prepared.shapes,
         params=params,
         overwrite=overwrite,
+        store=store,
     )
     logger.info(
         "Assigned %d of %d graph transcripts to %d cells; added %r, %r, %r and %r.",
@@ -697,8 +701,9 @@ def _predict_tiles(
     choice made per tile equals the choice over all links, and the links never leave the task.
     """
     grid = TileGrid.from_positions(inputs.positions[:, :2], tile_size=tile_size, margin=settings.margin)
-    tile_index = grid.index(inputs.positions[:, :2], inputs.shape_centroids)
-    tile_index = replace(tile_index, by_core=store.keep("tile_order", tile_index.by_core))
+    tile_index = grid.index(
+        inputs.positions[:, :2], inputs.shape_centroids, allocate=partial(store.empty, "tile_order")
+    )
     tiles = tile_index.non_empty.tolist()
     task = partial(_predict_tile_task, settings=settings, rule=rule)
     results = _TileResults(inputs.n_transcripts, model.embedding_size, store)
@@ -1061,34 +1066,62 @@ def _boundary_distances(
 
 
 def _cells(
-    prepared: PreparedData, best_shape: np.ndarray, best_score: np.ndarray, fragments: np.ndarray
+    prepared: PreparedData,
+    best_shape: np.ndarray,
+    best_score: np.ndarray,
+    leftover: np.ndarray,
+    fragments: np.ndarray,
 ) -> tuple[Cells, np.ndarray, pd.Series]:
     """Return the cells with each transcript's code, the score of every transcript, and each grown cell's prior id.
 
     Cells that grew from a prior shape take its id, and fragment ``k`` becomes ``segger-<k+1>``.
-    Ids are sorted as plain strings, as :func:`~segger.tl.write_segmentation` sorts them.
+    Ids are sorted as plain strings, as :func:`~segger.tl.write_segmentation` sorts them. The
+    graph transcripts are read in blocks, so only the two returned arrays span the slide.
+
+    Parameters
+    ----------
+    prepared
+        The prepared slide.
+    best_shape, best_score
+        Chosen prior shape (-1 for none) and its score for every graph transcript.
+    leftover
+        The graph transcripts without a prior shape, ascending.
+    fragments
+        Fragment of each ``leftover`` transcript, -1 for none.
     """
-    assigned = best_shape >= 0
-    leftover = np.flatnonzero(~assigned)
-    in_fragment = fragments >= 0
     shape_ids = prepared.shapes.index.to_numpy(dtype=object)
-    used_shapes = np.unique(best_shape[assigned])
+    used = np.zeros(len(shape_ids), dtype=bool)
+    for block in row_blocks(len(best_shape)):
+        shapes = best_shape[block]
+        used[shapes[shapes >= 0]] = True
+    used_shapes = np.flatnonzero(used)
     n_fragments = int(fragments.max(initial=-1)) + 1
     fragment_ids = np.array([f"{FRAGMENT_PREFIX}{number + 1}" for number in range(n_fragments)], dtype=object)
     ids, code_of = np.unique(np.concatenate([shape_ids[used_shapes], fragment_ids]), return_inverse=True)
-
-    shape_code = np.full(len(shape_ids), -1, dtype=np.int64)
+    shape_code = np.full(len(shape_ids), -1, dtype=np.int32)
     shape_code[used_shapes] = code_of[: len(used_shapes)]
-    graph_codes = np.full(len(best_shape), -1, dtype=np.int32)
-    graph_codes[assigned] = shape_code[best_shape[assigned]]
-    graph_codes[leftover[in_fragment]] = code_of[len(used_shapes) :][fragments[in_fragment]]
-    codes = np.full(prepared.n_points, -1, dtype=np.int32)
-    codes[prepared.in_graph] = graph_codes
+    fragment_code = code_of[len(used_shapes) :].astype(np.int32)
 
-    graph_scores = best_score.copy()
-    graph_scores[leftover[in_fragment]] = np.nan
+    codes = np.full(prepared.n_points, -1, dtype=np.int32)
     scores = np.full(prepared.n_points, np.nan, dtype=np.float32)
-    scores[prepared.in_graph] = graph_scores
+    first_graph = 0
+    for block in row_blocks(prepared.n_points):
+        in_graph = prepared.in_graph[block]
+        graph = slice(first_graph, first_graph + int(in_graph.sum()))
+        first_graph = graph.stop
+        shapes = best_shape[graph]
+        graph_codes = np.where(shapes >= 0, shape_code[np.maximum(shapes, 0)], -1).astype(np.int32)
+        graph_scores = np.array(best_score[graph], dtype=np.float32)
+
+        # Leftover transcripts that joined a fragment take its code and have no score.
+        own = slice(*np.searchsorted(leftover, [graph.start, graph.stop]))
+        joined = fragments[own] >= 0
+        rows = leftover[own][joined] - graph.start
+        graph_codes[rows] = fragment_code[fragments[own][joined]]
+        graph_scores[rows] = np.nan
+
+        codes[block][in_graph] = graph_codes
+        scores[block][in_graph] = graph_scores
 
     grown = np.asarray(
         [name for name in shape_ids[used_shapes] if not str(name).startswith(FRAGMENT_PREFIX)], dtype=object
@@ -1098,11 +1131,18 @@ def _cells(
 
 
 def _training_tiles(
-    inputs: GraphInputs, grid: TileGrid, settings: GraphSettings, *, max_tiles: int, random_state: int
+    inputs: GraphInputs,
+    grid: TileGrid,
+    settings: GraphSettings,
+    *,
+    max_tiles: int,
+    random_state: int,
+    store: ArrayStore,
 ) -> list:
-    labelled = inputs.prior_index >= 0
-    core_tile = grid.core_tile(inputs.positions[:, :2])
-    counts = np.bincount(core_tile[labelled], minlength=grid.n_tiles)
+    counts = np.zeros(grid.n_tiles, dtype=np.int64)
+    for block in row_blocks(inputs.n_transcripts):
+        labelled = inputs.prior_index[block] >= 0
+        counts += np.bincount(grid.core_tile(inputs.positions[block, :2][labelled]), minlength=grid.n_tiles)
     candidates = np.flatnonzero(counts > 0)
     if len(candidates) > max_tiles:
         rng = np.random.default_rng(random_state)
@@ -1114,7 +1154,7 @@ def _training_tiles(
         chosen = set(candidates.tolist())
 
     xy = inputs.positions[:, :2]
-    tile_index = grid.index(xy, inputs.shape_centroids)
+    tile_index = grid.index(xy, inputs.shape_centroids, allocate=partial(store.empty, "training_tile_order"))
     return [
         build_tile_graph(inputs, tile_index.tile(number, xy, inputs.shape_centroids), settings)
         for number in sorted(chosen)

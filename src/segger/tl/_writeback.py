@@ -11,6 +11,7 @@ import itertools
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,8 @@ from spatialdata.models import PointsModel, ShapesModel, TableModel
 from spatialdata.transformations import get_transformation
 
 from .. import _constants as C
+from .._grouping import group_rows, row_blocks
+from .._scratch import ArrayStore
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -41,8 +44,8 @@ DEFAULT_POINT_RADIUS = 1.0
 # the column reads back from zarr with the dtype it was written with.
 _CELL_ID_DTYPE = pd.StringDtype("pyarrow")
 
-# Transcripts whose cell hulls are built at once.
-_HULL_CHUNK = 200_000
+# Transcripts whose cell hulls and counts are built at once.
+_CELL_CHUNK = 200_000
 
 _POLYGON_TYPE_ID = 3  # shapely.get_type_id of a Polygon
 
@@ -72,6 +75,48 @@ class Cells:
 
     ids: np.ndarray
     codes: np.ndarray
+
+
+@dataclass(frozen=True)
+class _CellRows:
+    """The assigned transcripts grouped by cell, to be read a range of whole cells at a time.
+
+    Attributes
+    ----------
+    rows
+        Positions of the assigned transcripts in the points element, by cell code and then
+        ascending.
+    starts
+        Position in ``rows`` where each cell's transcripts start, shape ``(n_cells + 1,)``.
+    """
+
+    rows: np.ndarray
+    starts: np.ndarray
+
+    @classmethod
+    def group(cls, cells: Cells, store: ArrayStore) -> _CellRows:
+        """Group the transcripts of ``cells``; the grouped positions go to ``store``."""
+        dtype = np.int32 if len(cells.codes) <= np.iinfo(np.int32).max else np.int64
+        rows, starts = group_rows(
+            lambda block: cells.codes[block],
+            len(cells.codes),
+            len(cells.ids),
+            lambda n: store.empty("cell_rows", n, dtype),
+        )
+        return cls(rows=rows, starts=starts)
+
+    def chunks(self, size: int) -> Iterator[tuple[int, int]]:
+        """Yield ranges ``(first, last)`` of whole cells holding about ``size`` transcripts each, covering every cell."""
+        n_cells = len(self.starts) - 1
+        firsts = np.searchsorted(self.starts, np.arange(0, self.starts[-1], size), side="right") - 1
+        bounds = np.unique(np.concatenate([[0], firsts, [n_cells]]))
+        yield from itertools.pairwise(bounds.tolist())
+
+    def rows_of(self, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return the transcripts of cells ``first`` to ``last - 1`` and each one's cell relative to ``first``."""
+        rows = np.asarray(self.rows[self.starts[first] : self.starts[last]])
+        local = np.repeat(np.arange(last - first), np.diff(self.starts[first : last + 1]))
+        return rows, local
 
 
 @dataclass
@@ -291,6 +336,7 @@ def write_cells(
     overwrite: bool,
     hull_ratio: float = DEFAULT_HULL_RATIO,
     point_radius: float = DEFAULT_POINT_RADIUS,
+    store: ArrayStore | None = None,
 ) -> None:
     """Store a segmentation given as cell codes, as :func:`write_segmentation` does with cell ids.
 
@@ -310,6 +356,9 @@ def write_cells(
         Coordinates, genes and partition lengths of the same points element.
     key_added, points_key, prior_ids, prior_shapes, params, overwrite, hull_ratio, point_radius
         As in :func:`write_segmentation`.
+    store
+        Where the transcripts grouped by cell are kept while the polygons and counts are built;
+        in memory by default.
     """
     start = time.perf_counter()
     names = _OutputNames.from_key(key_added)
@@ -332,8 +381,10 @@ def write_cells(
     transformations = get_transformation(points, get_all=True)
     cell_prior_ids = _align_prior_ids(prior_ids, cells.ids)
     priors = _prior_geometries(cell_prior_ids, prior_shapes, transformations)
-    polygons = _cell_polygons(arrays.xy, cells, priors, hull_ratio=hull_ratio, point_radius=point_radius)
-    counts, genes = _count_matrix(arrays, cells)
+    grouped = _CellRows.group(cells, store or ArrayStore())
+    polygons = _cell_polygons(arrays.xy, grouped, priors, hull_ratio=hull_ratio, point_radius=point_radius)
+    counts, genes = _count_matrix(arrays, grouped)
+    del grouped
 
     new_points = _points_with_columns(points, cells, scores, arrays.partition_lengths, names=names)
     shapes = ShapesModel.parse(
@@ -552,14 +603,14 @@ def _check_same_coordinates(
 
 def _cell_polygons(
     xy: np.ndarray,
-    cells: Cells,
+    grouped: _CellRows,
     priors: np.ndarray,
     *,
     hull_ratio: float,
     point_radius: float,
 ) -> np.ndarray:
     """Return one valid Polygon per cell: its transcripts' concave hull joined with its prior shape."""
-    outlines = _concave_hulls(xy, cells, hull_ratio=hull_ratio)
+    outlines = _concave_hulls(xy, grouped, hull_ratio=hull_ratio)
     flat = shapely.area(outlines) <= 0
     outlines[flat] = shapely.buffer(outlines[flat], point_radius)
 
@@ -575,48 +626,46 @@ def _cell_polygons(
     return shapely.polygons(shapely.get_exterior_ring(outlines))
 
 
-def _concave_hulls(xy: np.ndarray, cells: Cells, *, hull_ratio: float) -> np.ndarray:
-    """Return the concave hull of every cell's transcripts, building the cells in chunks.
+def _concave_hulls(xy: np.ndarray, grouped: _CellRows, *, hull_ratio: float) -> np.ndarray:
+    """Return the concave hull of every cell's transcripts, building whole cells in chunks.
 
-    A chunk contains whole cells and about :data:`_HULL_CHUNK` transcripts, because shapely makes
-    a geometry of each transcript, of about a hundred bytes (an estimate), before it forms a
-    cell's hull.
+    A chunk contains about :data:`_CELL_CHUNK` transcripts, because shapely makes a geometry of
+    each transcript, of about a hundred bytes (an estimate), before it forms a cell's hull.
     """
-    assigned = np.flatnonzero(cells.codes >= 0)
-    order = np.argsort(cells.codes[assigned], kind="stable")
-    rows = assigned[order]
-    codes = cells.codes[rows]
-    del assigned, order
-
-    cell_starts = np.searchsorted(codes, np.arange(len(cells.ids) + 1))
-    chunk_starts = np.searchsorted(cell_starts, np.arange(0, len(codes), _HULL_CHUNK), side="right") - 1
-    bounds = np.append(np.unique(chunk_starts), len(cells.ids))
-    outlines = np.empty(len(cells.ids), dtype=object)
-    for first, last in itertools.pairwise(bounds):
-        chunk = slice(cell_starts[first], cell_starts[last])
-        multipoints = shapely.multipoints(xy[rows[chunk]], indices=codes[chunk] - first)
+    outlines = np.empty(len(grouped.starts) - 1, dtype=object)
+    for first, last in grouped.chunks(_CELL_CHUNK):
+        rows, local = grouped.rows_of(first, last)
+        multipoints = shapely.multipoints(xy[rows], indices=local)
         outlines[first:last] = shapely.concave_hull(multipoints, ratio=hull_ratio)
     return outlines
 
 
-def _count_matrix(arrays: PointsArrays, cells: Cells) -> tuple[sp.csr_matrix, pd.Index]:
-    """Count the non-control transcripts of every cell per gene.
+def _count_matrix(arrays: PointsArrays, grouped: _CellRows) -> tuple[sp.csr_matrix, pd.Index]:
+    """Count the non-control transcripts of every cell per gene, a range of cells at a time.
 
     A category of the feature column is a control when any of its transcripts has ``is_control``
     set; all other categories, used or not, are genes.
     """
-    feature_codes, is_control = arrays.feature_codes, arrays.is_control
     is_gene = np.ones(len(arrays.features), dtype=bool)
-    is_gene[np.unique(feature_codes[is_control & (feature_codes >= 0)])] = False
-    gene_codes = np.where(is_gene, np.cumsum(is_gene) - 1, -1)
+    for block in row_blocks(len(arrays.feature_codes)):
+        feature_codes = arrays.feature_codes[block]
+        is_gene[np.unique(feature_codes[arrays.is_control[block] & (feature_codes >= 0)])] = False
+    gene_codes = np.append(np.where(is_gene, np.cumsum(is_gene) - 1, -1), -1).astype(np.int32)
     genes = pd.Index(arrays.features[is_gene].astype(str), dtype=object)
 
-    row_gene = np.where(feature_codes >= 0, gene_codes[feature_codes], -1)
-    counted = (cells.codes >= 0) & (row_gene >= 0) & ~is_control
-    counts = sp.coo_matrix(
-        (np.ones(int(counted.sum()), dtype=np.int32), (cells.codes[counted], row_gene[counted])),
-        shape=(len(cells.ids), len(genes)),
-    ).tocsr()
+    parts = []
+    for first, last in grouped.chunks(_CELL_CHUNK):
+        rows, local = grouped.rows_of(first, last)
+        # Code -1 (a missing gene) reads the -1 appended to gene_codes.
+        row_gene = gene_codes[arrays.feature_codes[rows]]
+        counted = (row_gene >= 0) & ~arrays.is_control[rows]
+        part = sp.csr_matrix(
+            (np.ones(int(counted.sum()), dtype=np.int32), (local[counted], row_gene[counted])),
+            shape=(last - first, len(genes)),
+        )
+        part.sum_duplicates()
+        parts.append(part)
+    counts = sp.vstack(parts, format="csr", dtype=np.int32)
     counts.sum_duplicates()
     return counts, genes
 
