@@ -397,3 +397,20 @@ def test_fragments_zero_embedding_no_link():
 
     # A zero embedding has cosine similarity 0 with everything, so P loses row 1 and drops below 3.
     assert labels.tolist() == [-1, -1, -1, 0, 0, 0, -1, -1]
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_fragments_same_in_chunks(monkeypatch, chunk):
+    rng = np.random.default_rng(4)
+    positions = np.column_stack([rng.uniform(0, 20, size=(300, 2)), np.zeros(300)])
+    # Three kinds of transcript, so that some neighbours are similar and some are not.
+    embeddings = np.eye(4)[rng.integers(0, 3, size=300)] + rng.normal(scale=0.1, size=(300, 4))
+    ids = rng.permutation(300)
+    whole = fragment_cells(positions, embeddings, ids, **FRAGMENT_OPTIONS)
+    monkeypatch.setattr("segger.models._prediction._FRAGMENT_CHUNK", chunk)
+
+    chunked = fragment_cells(positions, embeddings, ids, **FRAGMENT_OPTIONS)
+
+    assert (whole >= 0).sum() > 10
+    assert (whole < 0).sum() > 10
+    np.testing.assert_array_equal(chunked, whole)

@@ -198,6 +198,10 @@ def _first_in_order(sources: np.ndarray, order: np.ndarray) -> np.ndarray:
     return order[first]
 
 
+# Leftover transcripts whose neighbours are compared at once in the fragment step.
+_FRAGMENT_CHUNK = 100_000
+
+
 def fragment_cells(
     positions: np.ndarray,
     embeddings: np.ndarray,
@@ -236,17 +240,10 @@ def fragment_cells(
     if n < max(min_transcripts, 2):
         return labels
 
-    k_query = min(k + 1, n)
-    distances, neighbours = cKDTree(positions).query(positions, k=k_query, distance_upper_bound=max_distance)
-    source = np.repeat(np.arange(n), k_query).reshape(n, k_query)
-    valid = np.isfinite(distances) & (neighbours != source)
-    source, target = source[valid], neighbours[valid]
-
-    norms = np.linalg.norm(embeddings, axis=1)
-    unit = embeddings / np.maximum(norms, 1e-12)[:, None]
-    similarity = np.einsum("ij,ij->i", unit[source], unit[target])
-    similar = similarity >= min_similarity
-    adjacency = coo_matrix((np.ones(int(similar.sum())), (source[similar], target[similar])), shape=(n, n))
+    source, target = _similar_neighbours(
+        positions, embeddings, k=k, max_distance=max_distance, min_similarity=min_similarity
+    )
+    adjacency = coo_matrix((np.ones(len(source), dtype=np.int8), (source, target)), shape=(n, n))
     _, component = connected_components(adjacency, directed=True, connection="weak")
 
     sizes = np.bincount(component)
@@ -263,3 +260,32 @@ def fragment_cells(
     )
     labels[large] = number[component[large]]
     return labels
+
+
+def _similar_neighbours(
+    positions: np.ndarray, embeddings: np.ndarray, *, k: int, max_distance: float, min_similarity: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the links from each transcript to those of its ``k`` nearest neighbours that are similar enough.
+
+    The neighbours are found and compared for :data:`_FRAGMENT_CHUNK` transcripts at a time,
+    because the embeddings of all ``k`` neighbours of every transcript would take ``k`` times
+    the memory of the embeddings.
+    """
+    n = len(positions)
+    k_query = min(k + 1, n)
+    tree = cKDTree(positions)
+    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1), 1e-12)[:, None]
+    index_type = np.int32 if n <= np.iinfo(np.int32).max else np.int64
+    sources, targets = [], []
+    for start in range(0, n, _FRAGMENT_CHUNK):
+        stop = min(start + _FRAGMENT_CHUNK, n)
+        distances, neighbours = tree.query(
+            positions[start:stop], k=k_query, distance_upper_bound=max_distance
+        )
+        source = np.repeat(np.arange(start, stop), k_query).reshape(stop - start, k_query)
+        valid = np.isfinite(distances) & (neighbours != source)
+        source, target = source[valid], neighbours[valid]
+        similar = np.einsum("ij,ij->i", unit[source], unit[target]) >= min_similarity
+        sources.append(source[similar].astype(index_type))
+        targets.append(target[similar].astype(index_type))
+    return np.concatenate(sources), np.concatenate(targets)

@@ -93,8 +93,12 @@ class PreparedData:
         return np.append(self.points.features.astype(str).to_numpy(dtype=object), "nan")
 
     def graph_genes(self) -> np.ndarray:
-        """Return the distinct gene names of the graph transcripts."""
-        return self.gene_names[np.unique(self.graph_feature_codes)]
+        """Return the distinct gene names of the graph transcripts, in feature-code order."""
+        used = np.zeros(len(self.gene_names), dtype=bool)
+        for block in row_blocks(len(self.graph_feature_codes)):
+            # Code -1 (a missing gene) marks the last entry, "nan".
+            used[self.graph_feature_codes[block]] = True
+        return self.gene_names[used]
 
     def tokens(self, tokenize: Callable[[np.ndarray], np.ndarray], store: ArrayStore) -> np.ndarray:
         """Return each graph transcript's token as int32, tokenizing every gene name once; kept in ``store``."""

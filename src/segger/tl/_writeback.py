@@ -512,12 +512,19 @@ def _check_scores(scores: np.ndarray | None, n_points: int) -> np.ndarray:
         )
         raise ValueError(msg)
 
-    present = values[~np.isnan(values)]
-    n_outside = int(((present < 0) | (present > 1)).sum())
+    n_outside, low, high = 0, np.inf, -np.inf
+    for block in row_blocks(n_points):
+        # NaN fails both comparisons and is ignored by fmin and fmax.
+        part = values[block]
+        n_outside += int(((part < 0) | (part > 1)).sum())
+        low, high = (
+            min(low, float(np.fmin.reduce(part, initial=np.inf))),
+            max(high, float(np.fmax.reduce(part, initial=-np.inf))),
+        )
     if n_outside:
         msg = (
-            f"{n_outside} scores lie outside [0, 1] (min {present.min()}, max {present.max()}). Pass "
-            "probabilities, with NaN where no score exists."
+            f"{n_outside} scores lie outside [0, 1] (min {low}, max {high}). Pass probabilities, with "
+            "NaN where no score exists."
         )
         raise ValueError(msg)
     return values
