@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,23 +65,37 @@ def predict(store: Path, model_file: Path) -> dict[str, Any]:
     return {"n_transcripts": len(sdata.points["transcripts"]), "seconds": seconds, "vm_hwm_bytes": peak}
 
 
-def run_worker(task: str, store: Path, model_file: Path, env: dict[str, str]) -> dict[str, Any]:
-    """Run ``task`` in a fresh process with ``env`` added to the environment and return its result."""
+def run_worker(
+    task: str, store: Path, model_file: Path, env: dict[str, str], script: str = __file__
+) -> dict[str, Any]:
+    """Run ``task`` of benchmark ``script`` in a fresh process with ``env`` added to the environment; return its result."""
     with tempfile.TemporaryDirectory() as folder:
         result_file = Path(folder) / "result.json"
-        command = [sys.executable, __file__, "--worker", task, "--store", str(store)]
+        command = [sys.executable, script, "--worker", task, "--store", str(store)]
         command += ["--model", str(model_file), "--result", str(result_file)]
         subprocess.run(command, check=True, env={**os.environ, **env})
         return json.loads(result_file.read_text()) if result_file.exists() else {}
 
 
-def report(results: dict[str, dict[str, Any]]) -> str:
-    """Return the markdown section with one column per mode."""
-    rows = [
-        ["transcripts", *[f"{result['n_transcripts']:,}" for result in results.values()]],
-        ["segger_predict (s)", *[f"{result['seconds']:.1f}" for result in results.values()]],
-        ["**VmHWM (GB)**", *[f"{result['vm_hwm_bytes'] / 1e9:.2f}" for result in results.values()]],
-    ]
+def report(results: dict[str, list[dict[str, Any]]]) -> str:
+    """Return the markdown section with one column per mode and one row per repeat and measure."""
+    rows = [["transcripts", *[f"{runs[0]['n_transcripts']:,}" for runs in results.values()]]]
+    n_repeats = len(next(iter(results.values())))
+    for repeat in range(n_repeats):
+        rows.append(
+            [
+                f"run {repeat + 1}: segger_predict (s)",
+                *[f"{runs[repeat]['seconds']:.1f}" for runs in results.values()],
+            ]
+        )
+        rows.append(
+            [
+                f"run {repeat + 1}: VmHWM (GB)",
+                *[f"{runs[repeat]['vm_hwm_bytes'] / 1e9:.2f}" for runs in results.values()],
+            ]
+        )
+    medians = [statistics.median(run["vm_hwm_bytes"] for run in runs) / 1e9 for runs in results.values()]
+    rows.append(["**median VmHWM (GB)**", *[f"**{median:.2f}**" for median in medians]])
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = shlex.join(["python", *sys.argv])
     facts = "\n".join(f"- {name}: {value}" for name, value in machine_facts().items())
@@ -88,7 +103,7 @@ def report(results: dict[str, dict[str, Any]]) -> str:
         "## segger_predict memory with a shared malloc arena",
         f"Measured on {date} with\n\n```bash\n{command}\n```",
         markdown_table(["", *results], rows),
-        "Each column is a fresh process that opens the cached 5m zarr store, loads the same saved "
+        "Each cell is a fresh process, and the modes alternate run by run. Each process opens the cached 5m zarr store, loads the same saved "
         "model and runs `sg.tl.segger_predict` on two tile threads. *VmHWM* is the process's peak "
         "resident memory from `/proc/self/status`. GB means 10⁹ bytes.",
         "### Machine",
@@ -106,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CACHE,
         help=f"folder of the synthetic zarr stores (default: {DEFAULT_CACHE})",
     )
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each mode, alternating (default: 3)")
 
     # Internal: the parent starts itself with these to train or to predict.
     parser.add_argument("--worker", choices=("train", "predict"), help=argparse.SUPPRESS)
@@ -131,10 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         model_file = Path(folder) / "model.pt"
         logger.info("Training a small model on %s.", stores["5m"])
         run_worker("train", stores["5m"], model_file, {})
-        results = {}
-        for mode, env in MODES.items():
-            logger.info("Predicting with %s.", mode)
-            results[mode] = run_worker("predict", stores["5m"], model_file, env)
+        results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
+        for repeat in range(args.repeats):
+            for mode, env in MODES.items():
+                logger.info("Run %d of %d: predicting with %s.", repeat + 1, args.repeats, mode)
+                results[mode].append(run_worker("predict", stores["5m"], model_file, env))
 
     text = report(results)
     if args.output is not None:
