@@ -446,3 +446,55 @@ def test_cosmx_csv_missing_target(tmp_path, monkeypatch):
         match=r"2 of 12 transcripts in Run1_tx_file\.csv have no 'target' value, the first in data row 7",
     ):
         sg.io.cosmx(write_folder(tmp_path, transcripts))
+
+
+# Lazy reading of *tx_file.parquet
+
+
+# The 12 transcripts of make_transcripts in row groups of 5 rows, or in one.
+@pytest.mark.parametrize(("row_group_size", "n_partitions"), [(5, 3), (10**6, 1)])
+def test_cosmx_parquet_row_groups_equal_eager(tmp_path, row_group_size, n_partitions):
+    transcripts = make_transcripts()
+    write_folder(tmp_path, transcripts)
+    (tmp_path / "Run1_tx_file.csv").unlink()
+    transcripts.to_parquet(tmp_path / "Run1_tx_file.parquet", index=False, row_group_size=row_group_size)
+    sdata = sg.io.cosmx(tmp_path, pixel_size=PIXEL_SIZE)
+    element = sdata.points["transcripts"]
+    points, nuclei = read_eagerly(tmp_path, "Run1_tx_file.parquet", pixel_size=PIXEL_SIZE)
+
+    assert element.npartitions == n_partitions
+    pd.testing.assert_frame_equal(
+        element.compute(), sg.io._spatialdata.build_spatialdata(points, {}).points["transcripts"].compute()
+    )
+    assert sdata.shapes["nucleus_boundaries"].index.tolist() == nuclei.index.tolist()
+    assert sdata.shapes["nucleus_boundaries"].geom_equals(nuclei).all()
+
+
+def test_cosmx_lung_crop_parquet_equals_csv(tmp_path):
+    folder = shared_dataset("cosmx_lung9_sample1")
+    (tmp_path / "fov_positions_file.csv").symlink_to(folder / "fov_positions_file.csv")
+    (tmp_path / "CellLabels").mkdir()
+    for mask in (folder / "CellLabels").iterdir():
+        (tmp_path / "CellLabels" / mask.name).symlink_to(mask)
+    pd.read_csv(folder / "tx_file.csv").to_parquet(tmp_path / "tx_file.parquet", row_group_size=5_000)
+    from_csv = sg.io.cosmx(folder)
+
+    from_parquet = sg.io.cosmx(tmp_path)
+
+    element = from_parquet.points["transcripts"]
+    # The crop has 23,844 transcripts.
+    assert element.npartitions == 5
+    pd.testing.assert_frame_equal(element.compute(), from_csv.points["transcripts"].compute())
+    assert list(from_parquet.shapes) == list(from_csv.shapes)
+    for key in from_csv.shapes:
+        assert from_parquet.shapes[key].index.equals(from_csv.shapes[key].index)
+        assert from_parquet.shapes[key].geom_equals(from_csv.shapes[key]).all()
+
+
+def test_cosmx_parquet_without_rows(tmp_path):
+    write_folder(tmp_path)
+    (tmp_path / "Run1_tx_file.csv").unlink()
+    make_transcripts().iloc[:0].to_parquet(tmp_path / "Run1_tx_file.parquet", index=False)
+
+    with pytest.raises(ValueError, match=r"Run1_tx_file\.parquet.*no transcripts"):
+        sg.io.cosmx(tmp_path, pixel_size=PIXEL_SIZE)

@@ -398,3 +398,50 @@ def test_merscope_last_row_cut_short(tmp_path, suffix):
 
     with pytest.raises(ValueError, match=r"1 of 6 transcripts .* no 'gene' value, the first in data row 5"):
         sg.io.merscope(tmp_path)
+
+
+# Lazy reading of detected_transcripts.parquet
+
+
+@pytest.mark.parametrize(("row_group_size", "n_partitions"), [(2, 3), (10**6, 1)])
+def test_merscope_parquet_row_groups_equal_eager(tmp_path, row_group_size, n_partitions):
+    write_folder(tmp_path)
+    csv_points = read_eagerly(tmp_path)
+    transcripts = pd.read_csv(tmp_path / "detected_transcripts.csv")
+    (tmp_path / "detected_transcripts.csv").unlink()
+    transcripts.to_parquet(tmp_path / "detected_transcripts.parquet", row_group_size=row_group_size)
+
+    element = sg.io.merscope(tmp_path).points["transcripts"]
+
+    # write_folder writes 6 transcripts.
+    assert element.npartitions == n_partitions
+    pd.testing.assert_frame_equal(element.compute(), csv_points)
+
+
+def test_merscope_ovarian_crop_parquet_equals_csv(tmp_path):
+    folder = shared_dataset("merscope_ovarian_subset")
+    (tmp_path / "cell_boundaries").mkdir()
+    for file in (folder / "cell_boundaries").iterdir():
+        (tmp_path / "cell_boundaries" / file.name).symlink_to(file)
+    pd.read_csv(folder / "detected_transcripts.csv").to_parquet(
+        tmp_path / "detected_transcripts.parquet", row_group_size=4_000
+    )
+    from_csv = sg.io.merscope(folder)
+
+    from_parquet = sg.io.merscope(tmp_path)
+
+    element = from_parquet.points["transcripts"]
+    # The crop has 15,160 transcripts.
+    assert element.npartitions == 4
+    pd.testing.assert_frame_equal(element.compute(), from_csv.points["transcripts"].compute())
+    assert from_parquet.shapes["cell_boundaries"].geom_equals(from_csv.shapes["cell_boundaries"]).all()
+
+
+def test_merscope_parquet_missing_column(tmp_path):
+    write_folder(tmp_path)
+    transcripts = pd.read_csv(tmp_path / "detected_transcripts.csv").drop(columns="gene")
+    (tmp_path / "detected_transcripts.csv").unlink()
+    transcripts.to_parquet(tmp_path / "detected_transcripts.parquet")
+
+    with pytest.raises(ValueError, match=r"detected_transcripts\.parquet.*'gene'"):
+        sg.io.merscope(tmp_path)

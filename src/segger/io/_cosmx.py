@@ -19,7 +19,8 @@ from spatialdata import SpatialData
 from tqdm.auto import tqdm
 
 from .. import _constants as C
-from ._csv import CsvBlock, CsvLayout, scan_transcripts_csv
+from ._csv import CsvBlock, CsvLayout
+from ._parquet import ParquetLayout, RowGroup, scan_transcript_file
 from ._shapes import merge_polygons_by_id
 from ._spatialdata import (
     TranscriptChecks,
@@ -136,9 +137,11 @@ def cosmx(
     transcripts they were checked against. When that FOV differs from the one in the mask's
     file name, a warning names both.
 
-    A plain ``*tx_file.csv`` is read lazily (see :func:`read_csv_transcripts`): one pass checks
-    it and keeps the columns that the nuclei and the masks need, and the points element reads
-    each block of about 16 MB again when computed. Gzipped and parquet files are read whole.
+    A plain ``*tx_file.csv`` or a ``*tx_file.parquet`` is read lazily (see
+    :func:`read_transcripts_lazily`): one pass checks it and keeps the columns that the nuclei
+    and the masks need, and the points element reads each block of about 16 MB, or each Parquet
+    row group, again when computed. A gzipped file is read whole, because it cannot be read
+    from the middle.
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -155,8 +158,8 @@ def cosmx(
         raise ValueError(msg)
 
     transcripts_file = _find_one(folder, TRANSCRIPT_PATTERNS, required=True)
-    if transcripts_file.name.endswith(".csv"):
-        points, shape_inputs = read_csv_transcripts(transcripts_file, pixel_size=pixel_size, z_step=z_step)
+    if transcripts_file.name.endswith((".csv", ".parquet")):
+        points, shape_inputs = read_transcripts_lazily(transcripts_file, pixel_size=pixel_size, z_step=z_step)
     else:
         points = read_transcripts(transcripts_file, pixel_size=pixel_size, z_step=z_step)
         shape_inputs = _ShapeInputs.from_points(points)
@@ -237,10 +240,10 @@ def read_transcripts(
     return _to_points_schema(frame, pixel_size=pixel_size, z_step=z_step, source=file.name)
 
 
-def read_csv_transcripts(
+def read_transcripts_lazily(
     file: str | Path, *, pixel_size: float = 0.18, z_step: float | None = None, block_bytes: int | None = None
 ) -> tuple[dd.DataFrame, _ShapeInputs]:
-    """Read a CosMx ``*tx_file.csv`` lazily into the points schema, as a dask DataFrame.
+    """Read a CosMx ``*tx_file.csv`` or ``*tx_file.parquet`` lazily into the points schema, as a dask DataFrame.
 
     One pass reads the file block by block to check it, collect the features, fix each column's
     type, and keep the few columns that the nucleus polygons and the label-mask checks need.
@@ -250,7 +253,7 @@ def read_csv_transcripts(
     Parameters
     ----------
     file
-        The plain (not compressed) transcript file.
+        The plain (not compressed) CSV transcript file, or a Parquet one.
     pixel_size, z_step
         See :func:`cosmx`.
     block_bytes
@@ -265,7 +268,7 @@ def read_csv_transcripts(
     file = Path(file)
     check_z_step(z_step)
     scan = _Scan(pixel_size=pixel_size, z_step=z_step, source=file.name)
-    layout = scan_transcripts_csv(file, required=REQUIRED_COLUMNS, inspect=scan, block_bytes=block_bytes)
+    layout = scan_transcript_file(file, required=REQUIRED_COLUMNS, inspect=scan, block_bytes=block_bytes)
     scan.checks.check(layout.n_rows, source=file.name)
     _log_dropped_z(list(layout.dtypes), z_step, source=file.name)
 
@@ -306,7 +309,12 @@ class _Scan:
 
 
 def _load_block(
-    block: CsvBlock, *, layout: CsvLayout, pixel_size: float, z_step: float | None, features: tuple[str, ...]
+    block: CsvBlock | RowGroup,
+    *,
+    layout: CsvLayout | ParquetLayout,
+    pixel_size: float,
+    z_step: float | None,
+    features: tuple[str, ...],
 ) -> pd.DataFrame:
     """Read one block of the transcript file and convert it to the points schema."""
     return _to_points_schema(

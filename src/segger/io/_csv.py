@@ -6,6 +6,7 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dask.dataframe as dd
 import numpy as np
@@ -38,8 +39,38 @@ class CsvBlock:
     n_rows: int
 
 
+class BlockLayout:
+    """Methods shared by the layouts of lazily read files, whose ``blocks`` have ``first_row`` and ``n_rows``.
+
+    Subclasses define ``blocks``, in file order, and ``dtypes``, the type of each column.
+    """
+
+    blocks: tuple
+    dtypes: dict[str, np.dtype]
+
+    @property
+    def n_rows(self) -> int:
+        """Number of rows in the file."""
+        return sum(block.n_rows for block in self.blocks)
+
+    def empty_frame(self) -> pd.DataFrame:
+        """Return a frame without rows that has the file's columns and types."""
+        return pd.DataFrame({column: pd.Series([], dtype=dtype) for column, dtype in self.dtypes.items()})
+
+    def to_dask(self, load: Callable[[Any], pd.DataFrame], *, meta: pd.DataFrame, label: str) -> dd.DataFrame:
+        """Return a dask DataFrame with one partition per block, made by ``load`` and divided by row number."""
+        return dd.from_map(
+            load,
+            self.blocks,
+            meta=meta,
+            divisions=(*(block.first_row for block in self.blocks), self.n_rows - 1),
+            label=label,
+            enforce_metadata=False,
+        )
+
+
 @dataclass(frozen=True)
-class CsvLayout:
+class CsvLayout(BlockLayout):
     """The blocks of a CSV file and the column types that every block is read with.
 
     Attributes
@@ -58,28 +89,6 @@ class CsvLayout:
     header: bytes
     blocks: tuple[CsvBlock, ...]
     dtypes: dict[str, np.dtype]
-
-    @property
-    def n_rows(self) -> int:
-        """Number of rows in the file."""
-        return sum(block.n_rows for block in self.blocks)
-
-    def empty_frame(self) -> pd.DataFrame:
-        """Return a frame without rows that has the file's columns and types."""
-        return pd.DataFrame({column: pd.Series([], dtype=dtype) for column, dtype in self.dtypes.items()})
-
-    def to_dask(
-        self, load: Callable[[CsvBlock], pd.DataFrame], *, meta: pd.DataFrame, label: str
-    ) -> dd.DataFrame:
-        """Return a dask DataFrame with one partition per block, made by ``load`` and divided by row number."""
-        return dd.from_map(
-            load,
-            self.blocks,
-            meta=meta,
-            divisions=(*(block.first_row for block in self.blocks), self.n_rows - 1),
-            label=label,
-            enforce_metadata=False,
-        )
 
     def read(self, block: CsvBlock) -> pd.DataFrame:
         """Read one block with the file's column types, indexed by row number in the file."""

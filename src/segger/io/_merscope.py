@@ -17,7 +17,8 @@ from spatialdata import SpatialData
 from tqdm.auto import tqdm
 
 from .. import _constants as C
-from ._csv import CsvBlock, CsvLayout, scan_transcripts_csv
+from ._csv import CsvBlock, CsvLayout
+from ._parquet import ParquetLayout, RowGroup, scan_transcript_file
 from ._shapes import merge_polygons_by_id
 from ._spatialdata import (
     TranscriptChecks,
@@ -103,9 +104,10 @@ def merscope(path: str | Path, *, z_step: float | None = 1.5) -> SpatialData:
     their union, so a cell whose outline changes with depth keeps the transcripts of every
     plane. Where the union falls apart into separate pieces, the largest piece is kept.
 
-    A plain ``detected_transcripts.csv`` is read lazily (see :func:`read_csv_transcripts`): one
-    pass checks it, and the points element reads each block of about 16 MB again when
-    computed. The parquet and gzipped files are read whole.
+    A plain ``detected_transcripts.csv`` or ``detected_transcripts.parquet`` is read lazily
+    (see :func:`read_transcripts_lazily`): one pass checks it, and the points element reads
+    each block of about 16 MB, or each Parquet row group, again when computed. A gzipped file
+    is read whole, because it cannot be read from the middle.
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -115,8 +117,8 @@ def merscope(path: str | Path, *, z_step: float | None = 1.5) -> SpatialData:
 
     transcripts_file = _find_transcripts(folder)
     shapes = read_cell_boundaries(folder)
-    if transcripts_file.name.endswith(".csv"):
-        points, summary = read_csv_transcripts(transcripts_file, shapes, z_step=z_step)
+    if transcripts_file.name.endswith((".csv", ".parquet")):
+        points, summary = read_transcripts_lazily(transcripts_file, shapes, z_step=z_step)
     else:
         points = read_transcripts(transcripts_file, z_step=z_step)
         _assign_to_polygons(points, shapes)
@@ -170,10 +172,10 @@ def read_transcripts(file: str | Path, *, z_step: float | None = 1.5) -> pd.Data
     return _to_points_schema(frame, z_step=z_step)
 
 
-def read_csv_transcripts(
+def read_transcripts_lazily(
     file: str | Path, shapes: gpd.GeoDataFrame, *, z_step: float | None = 1.5, block_bytes: int | None = None
 ) -> tuple[dd.DataFrame, _Summary]:
-    """Read a MERSCOPE ``detected_transcripts.csv`` lazily into the points schema, as a dask DataFrame.
+    """Read a MERSCOPE ``detected_transcripts.csv`` or ``.parquet`` lazily into the points schema, as a dask DataFrame.
 
     One pass reads the file block by block to check the coordinates and gene names, collect the
     genes, fix each column's type and count the transcripts inside ``shapes``. The returned frame
@@ -183,7 +185,7 @@ def read_csv_transcripts(
     Parameters
     ----------
     file
-        The plain (not compressed) ``detected_transcripts.csv``.
+        The plain (not compressed) ``detected_transcripts.csv``, or ``detected_transcripts.parquet``.
     shapes
         The cell polygons from :func:`read_cell_boundaries`.
     z_step
@@ -200,7 +202,7 @@ def read_csv_transcripts(
     file = Path(file)
     check_z_step(z_step)
     scan = _Scan(shapes=shapes, z_step=z_step)
-    layout = scan_transcripts_csv(file, required=REQUIRED_COLUMNS, inspect=scan, block_bytes=block_bytes)
+    layout = scan_transcript_file(file, required=REQUIRED_COLUMNS, inspect=scan, block_bytes=block_bytes)
     scan.checks.check(layout.n_rows, source=file.name)
     _log_dropped_z(list(layout.dtypes), z_step, source=file.name)
 
@@ -234,9 +236,9 @@ class _Scan:
 
 
 def _load_block(
-    block: CsvBlock,
+    block: CsvBlock | RowGroup,
     *,
-    layout: CsvLayout,
+    layout: CsvLayout | ParquetLayout,
     shapes: gpd.GeoDataFrame,
     z_step: float | None,
     genes: tuple[str, ...],
