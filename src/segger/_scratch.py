@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import mmap
 import os
 import shutil
 import tempfile
@@ -9,9 +11,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from os import PathLike
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 class ArrayStore:
@@ -87,6 +91,35 @@ class ArrayStore:
                 raise _write_failed(path, error) from error
         return array
 
+    def portable(self, value: T) -> T:
+        """Return dataclass ``value`` with the arrays this store maps from disk replaced by :class:`MappedArray`.
+
+        Sent to another process on a machine that can read this store's folder, the result is small
+        and :func:`open_mapped` maps the same files there. Fields that are not whole mapped arrays
+        of this store, such as arrays in memory, stay as they are.
+        """
+        changes = {}
+        for field in dataclasses.fields(value):
+            array = getattr(value, field.name)
+            reference = self._reference(array)
+            if reference is not None:
+                array.flush()
+                changes[field.name] = reference
+        return dataclasses.replace(value, **changes) if changes else value
+
+    def _reference(self, array: Any) -> MappedArray | None:
+        """Return the location of ``array`` when it is a whole C-ordered array mapped from this store's folder."""
+        if (
+            self.folder is None
+            or not isinstance(array, np.memmap)
+            or not isinstance(array.base, mmap.mmap)
+            or not array.flags.c_contiguous
+            or array.filename is None
+            or Path(array.filename).resolve().parent != self.folder.resolve()
+        ):
+            return None
+        return MappedArray(path=array.filename, dtype=array.dtype.str, shape=array.shape, offset=array.offset)
+
     def column(self, name: str) -> Column:
         """Return an array that is built by appending parts, as :class:`Column` describes."""
         return Column(None if self.folder is None else self._path(name))
@@ -98,6 +131,52 @@ class ArrayStore:
             msg = f"The scratch array {name!r} was written twice; this is a bug in segger."
             raise RuntimeError(msg)
         return path
+
+
+@dataclasses.dataclass(frozen=True)
+class MappedArray:
+    """The location of an array of an :class:`ArrayStore` on disk, to map it again in another process.
+
+    Attributes
+    ----------
+    path
+        The file.
+    dtype
+        The array's type, as :attr:`numpy.dtype.str`.
+    shape
+        The array's shape.
+    offset
+        Bytes before the array's first element in the file.
+    """
+
+    path: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+
+    def open(self) -> np.ndarray:
+        """Return the array, mapped read-only."""
+        return np.memmap(
+            self.path, dtype=np.dtype(self.dtype), mode="r", shape=self.shape, offset=self.offset
+        )
+
+
+def open_mapped(value: T) -> T:
+    """Return dataclass ``value`` with each :class:`MappedArray` field mapped from its file (see :meth:`ArrayStore.portable`)."""
+    changes = {
+        field.name: getattr(value, field.name).open()
+        for field in dataclasses.fields(value)
+        if isinstance(getattr(value, field.name), MappedArray)
+    }
+    return dataclasses.replace(value, **changes) if changes else value
+
+
+def file_size(path: str) -> int:
+    """Return the size of file ``path`` in bytes, or -1 when it cannot be read, as seen by the process that calls it."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return -1
 
 
 def check_scratch_dir(scratch_dir: str | PathLike[str], *, option: str = "scratch_dir") -> Path:

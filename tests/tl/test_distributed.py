@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import re
 
 import dask
@@ -40,16 +41,22 @@ def test_predict_on_cluster_equals_serial(fitted, client):
     pd.testing.assert_series_equal(points["cluster_score"], points["segger_score"], check_names=False)
 
 
-def test_predict_on_cluster_with_scratch(fitted, client, tmp_path):
+@pytest.mark.parametrize("shared", [True, False])
+def test_predict_on_cluster_with_scratch(fitted, client, tmp_path, monkeypatch, caplog, shared):
     sdata, model = fitted
-    sg.tl.segger_predict(
-        sdata, model, key_added="scratch", client=client, scratch_dir=tmp_path, progress=False
-    )
+    key = f"scratch{int(shared)}"
+    if not shared:
+        # As if the workers ran on other machines that do not see the folder.
+        monkeypatch.setattr("segger.tl._segment._workers_see_store", lambda *args: False)
+    with caplog.at_level(logging.INFO, logger="segger"):
+        sg.tl.segger_predict(sdata, model, key_added=key, client=client, scratch_dir=tmp_path, progress=False)
     points = sdata.points["transcripts"].compute()
 
-    pd.testing.assert_series_equal(points["scratch_cell_id"], points["segger_cell_id"], check_names=False)
-    pd.testing.assert_series_equal(points["scratch_score"], points["segger_score"], check_names=False)
+    pd.testing.assert_series_equal(points[f"{key}_cell_id"], points["segger_cell_id"], check_names=False)
+    pd.testing.assert_series_equal(points[f"{key}_score"], points["segger_score"], check_names=False)
     assert list(tmp_path.iterdir()) == []
+    assert ("The Dask workers map the per-transcript arrays" in caplog.text) is shared
+    assert ("Not every Dask worker sees the scratch folder" in caplog.text) is not shared
 
 
 def test_fit_on_cluster_equals_serial(client):

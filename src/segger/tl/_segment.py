@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .. import _constants as C
 from .._grouping import row_blocks
 from .._memory import release_freed_memory, share_one_arena
-from .._scratch import ArrayStore
+from .._scratch import ArrayStore, MappedArray, file_size, open_mapped
 from ..graph import (
     GraphInputs,
     GraphSettings,
@@ -722,7 +722,7 @@ def _predict_tiles(
         )
     else:
         gathered = _predict_tiles_on_client(
-            client, task, model, inputs, polygons, tile_index, tiles, progress=progress
+            client, task, model, inputs, polygons, tile_index, tiles, store=store, progress=progress
         )
         while gathered:
             results.add(gathered.pop())
@@ -921,16 +921,30 @@ def _predict_tiles_on_client(
     tile_index: TileIndex,
     tiles: list[int],
     *,
+    store: ArrayStore,
     progress: bool = False,
 ) -> list[_TileResult]:
     """Run ``task`` on every tile as a task of a ``dask.distributed`` client, in tile order.
 
     The model, the graph inputs, the prior polygons and the tile index are sent to every worker
-    once. Workers predict on their CPU.
+    once. Where ``store`` keeps the per-transcript arrays in a folder that every worker sees,
+    with the same files, the workers map those files instead of receiving copies. Workers
+    predict on their CPU.
     """
     from distributed import as_completed
 
     logger.info("Predicting %d tiles on the Dask client %s.", len(tiles), client)
+    if store.on_disk:
+        if _workers_see_store(client, store, inputs):
+            inputs, tile_index = store.portable(inputs), store.portable(tile_index)
+            logger.info("The Dask workers map the per-transcript arrays from %s.", store.folder)
+        else:
+            logger.info(
+                "Not every Dask worker sees the scratch folder %s, so each receives a copy of the "
+                "per-transcript arrays. Give a scratch_dir on a file system that all workers share "
+                "to avoid the copies.",
+                store.folder,
+            )
     model_future, inputs_future, polygons_future, index_future = client.scatter(
         [model.cpu(), inputs, polygons, tile_index], broadcast=True
     )
@@ -960,6 +974,16 @@ def _predict_tiles_on_client(
                 "more memory or use a smaller tile_size."
             )
         raise RuntimeError(msg) from error
+
+
+def _workers_see_store(client: Any, store: ArrayStore, inputs: GraphInputs) -> bool:
+    """Return whether every worker of ``client`` reads the file of ``inputs.positions`` with its size here."""
+    reference = store.portable(inputs).positions
+    if not isinstance(reference, MappedArray):
+        return False
+    expected = file_size(reference.path)
+    sizes = client.run(file_size, reference.path)
+    return expected >= 0 and bool(sizes) and all(size == expected for size in sizes.values())
 
 
 def _is_killed_worker(error: BaseException) -> bool:
@@ -998,6 +1022,8 @@ def _predict_tile_task(
     a time.
     """
     try:
+        # On a Dask worker, the arrays may arrive as references to the scratch files.
+        inputs, tile_index = open_mapped(inputs), open_mapped(tile_index)
         cut = tile_index.tile(tile, inputs.positions[:, :2], inputs.shape_centroids)
         data = build_tile_graph(inputs, cut, settings)
         del cut

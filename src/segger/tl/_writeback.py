@@ -582,7 +582,11 @@ def _prior_geometries(
         raise ValueError(msg)
 
     geometry = pd.Series(prior_shapes.geometry.to_numpy(), index=shape_index)
-    priors[has_prior] = shapely.make_valid(geometry.loc[used_ids.to_numpy()].to_numpy())
+    used = geometry.loc[used_ids.to_numpy()].to_numpy()
+    # Valid shapes are kept as they are: a repaired copy of every prior shape would double their memory.
+    invalid = ~shapely.is_valid(used)
+    used[invalid] = shapely.make_valid(used[invalid])
+    priors[has_prior] = used
     return priors
 
 
@@ -616,8 +620,23 @@ def _cell_polygons(
     hull_ratio: float,
     point_radius: float,
 ) -> np.ndarray:
-    """Return one valid Polygon per cell: its transcripts' concave hull joined with its prior shape."""
-    outlines = _concave_hulls(xy, grouped, hull_ratio=hull_ratio)
+    """Return one valid Polygon per cell: its transcripts' concave hull joined with its prior shape.
+
+    Whole cells are built in chunks of about :data:`_CELL_CHUNK` transcripts, from the hull to
+    the final polygon, so only the final polygons are kept for every cell. Shapely makes a
+    geometry of each transcript, of about a hundred bytes (an estimate), before it forms a
+    cell's hull.
+    """
+    polygons = np.empty(len(grouped.starts) - 1, dtype=object)
+    for first, last in grouped.chunks(_CELL_CHUNK):
+        rows, local = grouped.rows_of(first, last)
+        hulls = shapely.concave_hull(shapely.multipoints(xy[rows], indices=local), ratio=hull_ratio)
+        polygons[first:last] = _join_priors(hulls, priors[first:last], point_radius=point_radius)
+    return polygons
+
+
+def _join_priors(outlines: np.ndarray, priors: np.ndarray, *, point_radius: float) -> np.ndarray:
+    """Return each outline, buffered when it has no area, joined with its prior shape as one valid Polygon."""
     flat = shapely.area(outlines) <= 0
     outlines[flat] = shapely.buffer(outlines[flat], point_radius)
 
@@ -631,20 +650,6 @@ def _cell_polygons(
     several_parts = shapely.get_type_id(outlines) != _POLYGON_TYPE_ID
     outlines[several_parts] = shapely.convex_hull(outlines[several_parts])
     return shapely.polygons(shapely.get_exterior_ring(outlines))
-
-
-def _concave_hulls(xy: np.ndarray, grouped: _CellRows, *, hull_ratio: float) -> np.ndarray:
-    """Return the concave hull of every cell's transcripts, building whole cells in chunks.
-
-    A chunk contains about :data:`_CELL_CHUNK` transcripts, because shapely makes a geometry of
-    each transcript, of about a hundred bytes (an estimate), before it forms a cell's hull.
-    """
-    outlines = np.empty(len(grouped.starts) - 1, dtype=object)
-    for first, last in grouped.chunks(_CELL_CHUNK):
-        rows, local = grouped.rows_of(first, last)
-        multipoints = shapely.multipoints(xy[rows], indices=local)
-        outlines[first:last] = shapely.concave_hull(multipoints, ratio=hull_ratio)
-    return outlines
 
 
 def _count_matrix(arrays: PointsArrays, grouped: _CellRows) -> tuple[sp.csr_matrix, pd.Index]:
