@@ -1,14 +1,14 @@
-"""Measure ``segger_predict``'s peak memory with and without tile threads sharing one malloc arena.
+"""Measure ``segger_predict``'s peak memory with glibc's default malloc arenas and with one shared arena.
 
 A model is trained briefly on the 5m store of ``run_segmentation.py`` (the same cached zarr
-stores) and saved. Then two fresh processes apply it with ``sg.tl.segger_predict``: one as
-segger runs by default, where the tile threads share glibc's main arena, and one with the
-environment variable ``MALLOC_ARENA_MAX=16``, which makes segger leave glibc's default of one
-arena per thread. Each reports its time and ``VmHWM``. Linux with glibc only.
+stores) and saved. Then fresh processes apply it with ``sg.tl.segger_predict``, alternating
+between glibc's default, where each tile thread may get an arena of its own, and the
+environment variable ``MALLOC_ARENA_MAX=1``, where all threads allocate from the main arena.
+Each reports its time and ``VmHWM``. Linux with glibc only.
 
 Usage::
 
-    python benchmarks/arena_predict.py --output benchmarks/RESULTS.md
+    python benchmarks/arena_predict.py --repeats 3 --output benchmarks/RESULTS.md
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from run_segmentation import DEFAULT_CACHE, machine_facts, markdown_table, synth
 
 logger = logging.getLogger("segger_benchmark")
 
-MODES = {"shared arena (default)": {}, "one arena per thread": {"MALLOC_ARENA_MAX": "16"}}
+MODES = {"glibc default": {}, "MALLOC_ARENA_MAX=1": {"MALLOC_ARENA_MAX": "1"}}
 
 
 def train(store: Path, model_file: Path) -> None:

@@ -173,10 +173,7 @@ def report(results: dict[str, list[dict[str, Any]]]) -> str:
         rows.append(
             [
                 f"{phase}: peak RssAnon (GB), each run",
-                *[
-                    ", ".join(f"{run['peaks'][phase] / 1e9:.2f}" for run in results[name])
-                    for name in datasets
-                ],
+                *[", ".join(_gigabytes(run["peaks"][phase]) for run in results[name]) for name in datasets],
             ]
         )
     overall = {
@@ -199,12 +196,18 @@ def report(results: dict[str, list[dict[str, Any]]]) -> str:
         "Each run is a fresh process that opens the zarr store, loads the same saved model and runs "
         "`sg.tl.segger_predict` with a scratch folder and the default tile size. A thread samples "
         "`RssAnon` (the process's own memory, not mapped file pages) every 10 ms, and the "
-        "phases end at segger's log messages. The 20m slide is the 5m slide repeated two by two. "
+        "phases end at segger's log messages; a dash marks a phase too short for a sample. The 20m "
+        "slide is the 5m slide repeated two by two. "
         "GB means 10⁹ bytes.",
         "### Machine",
         facts,
     ]
     return "\n\n".join(text) + "\n"
+
+
+def _gigabytes(peak: int) -> str:
+    """Return ``peak`` bytes in GB, or a dash when no sample fell into a phase too short to sample."""
+    return f"{peak / 1e9:.2f}" if peak else "–"
 
 
 def build_parser() -> argparse.ArgumentParser:

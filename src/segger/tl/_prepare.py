@@ -417,12 +417,11 @@ def _check_unique_id_array(ids: np.ndarray, points_key: str) -> None:
         if n_buckets == 1:
             values = ids
         else:
-            values = np.concatenate(
-                [
-                    part[_id_bucket(part, n_buckets) == bucket]
-                    for part in map(ids.__getitem__, row_blocks(len(ids)))
-                ]
-            )
+            parts = []
+            for block in row_blocks(len(ids)):
+                part = ids[block]
+                parts.append(part[_id_bucket(part, n_buckets) == bucket])
+            values = np.concatenate(parts)
         n_duplicated += _n_duplicated(pd.Series(values))
     if n_duplicated:
         raise ValueError(_duplicate_ids_message(n_duplicated, points_key))

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .. import _constants as C
 from .._grouping import row_blocks
-from .._memory import release_freed_memory, share_one_arena
+from .._memory import release_freed_memory
 from .._scratch import ArrayStore, MappedArray, file_size, open_mapped
 from ..graph import (
     GraphInputs,
@@ -721,11 +721,9 @@ def _predict_tiles(
             progress=progress,
         )
     else:
-        gathered = _predict_tiles_on_client(
-            client, task, model, inputs, polygons, tile_index, tiles, store=store, progress=progress
+        _predict_tiles_on_client(
+            client, task, model, inputs, polygons, tile_index, tiles, results, store=store, progress=progress
         )
-        while gathered:
-            results.add(gathered.pop())
     results.log_summary(grid, settings)
     del tile_index
     predicted = results.finish()
@@ -880,7 +878,6 @@ def _tile_thread_pool(n_tiles: int) -> Iterator[ThreadPoolExecutor]:
     """
     torch_threads = torch.get_num_threads()
     n_workers = max(1, min(int(dask.config.get("num_workers", None) or CPU_COUNT), n_tiles))
-    share_one_arena()
     pool = ThreadPoolExecutor(
         n_workers, thread_name_prefix="segger-tile", initializer=torch.set_num_threads, initargs=(1,)
     )
@@ -920,11 +917,15 @@ def _predict_tiles_on_client(
     polygons: np.ndarray,
     tile_index: TileIndex,
     tiles: list[int],
+    results: _TileResults,
     *,
     store: ArrayStore,
     progress: bool = False,
-) -> list[_TileResult]:
-    """Run ``task`` on every tile as a task of a ``dask.distributed`` client, in tile order.
+) -> None:
+    """Run ``task`` on every tile as a task of a ``dask.distributed`` client, adding each result to ``results``.
+
+    Each result is fetched and added as its task finishes, and then released on the cluster, so
+    the results of all tiles are never held at once.
 
     The model, the graph inputs, the prior polygons and the tile index are sent to every worker
     once. Where ``store`` keeps the per-transcript arrays in a folder that every worker sees,
@@ -957,14 +958,21 @@ def _predict_tiles_on_client(
         tile_index=index_future,
         pure=False,
     )
-    with tqdm(total=len(tiles), desc="Predicting tiles", disable=not progress, leave=False) as bar:
-        for _ in as_completed(futures):
-            bar.update()
+    added = set()
     try:
-        return client.gather(futures)
+        with tqdm(total=len(tiles), desc="Predicting tiles", disable=not progress, leave=False) as bar:
+            for future in as_completed(futures):
+                results.add(future.result())
+                added.add(future.key)
+                future.release()
+                bar.update()
     except Exception as error:
-        # gather raises at the first failed task, so wait for the others to list every failed tile.
-        failed = [tile for tile, future in zip(tiles, futures, strict=True) if _task_failed(future)]
+        # result() raises at the first failed task, so wait for the others to list every failed tile.
+        failed = [
+            tile
+            for tile, future in zip(tiles, futures, strict=True)
+            if future.key not in added and _task_failed(future)
+        ]
         msg = f"Prediction failed on the Dask cluster for tile(s) {failed or 'unknown'}: {error!r}"
         if _is_killed_worker(error):
             msg += (

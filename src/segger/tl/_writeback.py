@@ -517,10 +517,8 @@ def _check_scores(scores: np.ndarray | None, n_points: int) -> np.ndarray:
         # NaN fails both comparisons and is ignored by fmin and fmax.
         part = values[block]
         n_outside += int(((part < 0) | (part > 1)).sum())
-        low, high = (
-            min(low, float(np.fmin.reduce(part, initial=np.inf))),
-            max(high, float(np.fmax.reduce(part, initial=-np.inf))),
-        )
+        low = min(low, float(np.fmin.reduce(part, initial=np.inf)))
+        high = max(high, float(np.fmax.reduce(part, initial=-np.inf)))
     if n_outside:
         msg = (
             f"{n_outside} scores lie outside [0, 1] (min {low}, max {high}). Pass probabilities, with "
