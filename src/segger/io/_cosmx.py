@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from functools import partial
@@ -608,7 +610,9 @@ def _read_fov_positions(file: Path) -> pd.DataFrame:
 
 def _find_label_masks(folder: Path) -> dict[int, Path]:
     masks: dict[int, Path] = {}
-    for file in sorted(folder.rglob("CellLabels_F*.tif*")):
+    # glob follows symbolic links to folders, which Path.rglob does not before Python 3.13.
+    pattern = os.path.join(glob.escape(str(folder)), "**", "CellLabels_F*.tif*")
+    for file in sorted(map(Path, glob.glob(pattern, recursive=True))):
         match = LABEL_MASK_NAME.match(file.name)
         if match is not None:
             masks.setdefault(int(match.group(1)), file)
