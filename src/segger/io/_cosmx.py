@@ -610,7 +610,7 @@ def _read_fov_positions(file: Path) -> pd.DataFrame:
 
 def _find_label_masks(folder: Path) -> dict[int, Path]:
     masks: dict[int, Path] = {}
-    # glob follows symbolic links to folders, which Path.rglob does not before Python 3.13.
+    # glob follows symbolic links to folders, which Path.rglob does not by default.
     pattern = os.path.join(glob.escape(str(folder)), "**", "CellLabels_F*.tif*")
     for file in sorted(map(Path, glob.glob(pattern, recursive=True))):
         match = LABEL_MASK_NAME.match(file.name)
