@@ -224,8 +224,9 @@ def segger_fit(
         ``None`` keeps them in memory. With a folder, they are written to files in a new
         subfolder and read back as memory maps, so they no longer take the process's own
         memory. The subfolder is deleted when the call ends, also after an error. The new points
-        columns are kept in memory, as without a folder. With ``client``, the workers still
-        receive the arrays in memory.
+        columns are kept in memory, as without a folder. With ``client``, workers that see the
+        same files map them instead of receiving copies; segger checks this and otherwise
+        sends copies.
     random_state
         Seed for numpy and torch.
     overwrite
