@@ -47,7 +47,7 @@ def test_predict_on_cluster_with_scratch(fitted, client, tmp_path, monkeypatch, 
     key = f"scratch{int(shared)}"
     if not shared:
         # As if the workers ran on other machines that do not see the folder.
-        monkeypatch.setattr("segger.tl._segment._workers_see_store", lambda *args: False)
+        monkeypatch.setattr("segger.tl._segment._workers_read_file", lambda *args: False)
     with caplog.at_level(logging.INFO, logger="segger"):
         sg.tl.segger_predict(sdata, model, key_added=key, client=client, scratch_dir=tmp_path, progress=False)
     points = sdata.points["transcripts"].compute()
@@ -56,7 +56,7 @@ def test_predict_on_cluster_with_scratch(fitted, client, tmp_path, monkeypatch, 
     pd.testing.assert_series_equal(points[f"{key}_score"], points["segger_score"], check_names=False)
     assert list(tmp_path.iterdir()) == []
     assert ("The Dask workers map the per-transcript arrays" in caplog.text) is shared
-    assert ("Not every Dask worker sees the scratch folder" in caplog.text) is not shared
+    assert ("Not every Dask worker can read the scratch folder" in caplog.text) is not shared
 
 
 def test_fit_on_cluster_equals_serial(client):

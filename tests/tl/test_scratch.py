@@ -98,7 +98,7 @@ def _fill_and_fail(scratch_dir, seen: list) -> None:
 
 @dataclass(frozen=True)
 class _Arrays:
-    kept: np.ndarray
+    stored: np.ndarray
     appended: np.ndarray
     filled: np.ndarray
     view: np.ndarray
@@ -110,23 +110,23 @@ def test_portable_arrays_map_in_other_process(tmp_path):
         column = store.column("appended")
         column.append(np.arange(6, dtype=np.float32).reshape(3, 2))
         filled = store.full("filled", 1000, 7, np.int32)
-        kept = store.keep("kept", np.arange(1000, dtype=np.int64))
-        arrays = _Arrays(kept, column.finish(), filled, kept[::2], np.ones(3))
+        stored = store.keep("stored", np.arange(1000, dtype=np.int64))
+        arrays = _Arrays(stored, column.finish(), filled, stored[::2], np.ones(3))
 
         portable = store.portable(arrays)
         message = pickle.dumps(portable)
         opened = open_mapped(pickle.loads(message))
 
-        for name in ("kept", "appended", "filled"):
+        for name in ("stored", "appended", "filled"):
             assert isinstance(getattr(portable, name), MappedArray)
         assert portable.view is arrays.view
         assert portable.in_memory is arrays.in_memory
         # The three mapped arrays take 12 kB and travel as references of a few hundred bytes,
         # while the view and the array in memory travel as data.
         assert len(message) < len(pickle.dumps((arrays.view, arrays.in_memory))) + 1000
-        for name in ("kept", "appended", "filled", "view", "in_memory"):
+        for name in ("stored", "appended", "filled", "view", "in_memory"):
             np.testing.assert_array_equal(getattr(opened, name), getattr(arrays, name))
-        assert isinstance(opened.kept, np.memmap)
+        assert isinstance(opened.stored, np.memmap)
 
 
 def test_portable_in_memory_unchanged():

@@ -929,20 +929,21 @@ def _predict_tiles_on_client(
     the results of all tiles are never held at once.
 
     The model, the graph inputs, the prior polygons and the tile index are sent to every worker
-    once. Where ``store`` keeps the per-transcript arrays in a folder that every worker sees,
-    with the same files, the workers map those files instead of receiving copies. Workers
-    predict on their CPU.
+    once. Where ``store`` keeps the per-transcript arrays in a folder that every worker can
+    read, with the same files, the workers map those files instead of receiving copies.
+    Workers predict on their CPU.
     """
     from distributed import as_completed
 
     logger.info("Predicting %d tiles on the Dask client %s.", len(tiles), client)
     if store.on_disk:
-        if _workers_see_store(client, store, inputs):
-            inputs, tile_index = store.portable(inputs), store.portable(tile_index)
+        portable_inputs = store.portable(inputs)
+        if _workers_read_file(client, portable_inputs.positions):
+            inputs, tile_index = portable_inputs, store.portable(tile_index)
             logger.info("The Dask workers map the per-transcript arrays from %s.", store.folder)
         else:
             logger.info(
-                "Not every Dask worker sees the scratch folder %s, so each receives a copy of the "
+                "Not every Dask worker can read the scratch folder %s, so each receives a copy of the "
                 "per-transcript arrays. Give a scratch_dir on a file system that all workers share "
                 "to avoid the copies.",
                 store.folder,
@@ -985,9 +986,8 @@ def _predict_tiles_on_client(
         raise RuntimeError(msg) from error
 
 
-def _workers_see_store(client: Any, store: ArrayStore, inputs: GraphInputs) -> bool:
-    """Return whether every worker of ``client`` reads the file of ``inputs.positions`` with its size here."""
-    reference = store.portable(inputs).positions
+def _workers_read_file(client: Any, reference: Any) -> bool:
+    """Return whether every worker of ``client`` finds the file of a :class:`MappedArray` with its size here."""
     if not isinstance(reference, MappedArray):
         return False
     expected = file_size(reference.path)
