@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +113,8 @@ def report(results: dict[str, list[dict[str, Any]]]) -> str:
     return "\n\n".join(text) + "\n"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--output``, ``--cache-dir`` and the hidden arguments of a worker process to ``parser``."""
     parser.add_argument("--output", type=Path, help="markdown file to write the section into")
     parser.add_argument(
         "--cache-dir",
@@ -121,25 +122,35 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CACHE,
         help=f"folder of the synthetic zarr stores (default: {DEFAULT_CACHE})",
     )
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each mode, alternating (default: 3)")
 
     # Internal: the parent starts itself with these to train or to predict.
     parser.add_argument("--worker", choices=("train", "predict"), help=argparse.SUPPRESS)
     parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+
+
+def run_as_worker(args: argparse.Namespace, predict_store: Callable[[Path, Path], dict[str, Any]]) -> bool:
+    """Run the worker task that ``args`` name, with ``predict_store`` for prediction; return whether there was one."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    if args.worker == "train":
+        train(args.store, args.model)
+    elif args.worker == "predict":
+        args.result.write_text(json.dumps(predict_store(args.store, args.model)))
+    return args.worker is not None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each mode, alternating (default: 3)")
+    add_common_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    if args.worker == "train":
-        train(args.store, args.model)
-        return 0
-    if args.worker == "predict":
-        args.result.write_text(json.dumps(predict(args.store, args.model)))
+    if run_as_worker(args, predict):
         return 0
 
     stores, _ = synthetic_stores(args.cache_dir, random_state=0, regenerate=False)

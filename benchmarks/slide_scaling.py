@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
 import shlex
 import statistics
@@ -30,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from _markdown import replace_section
-from arena_predict import run_worker, train
-from run_segmentation import DEFAULT_CACHE, machine_facts, markdown_table, synthetic_stores
+from arena_predict import add_common_arguments, run_as_worker, run_worker
+from run_segmentation import machine_facts, markdown_table, synthetic_stores
 from scratch_memory import SAMPLE_SECONDS, read_status
 
 logger = logging.getLogger("segger_benchmark")
@@ -182,9 +181,12 @@ def report(results: dict[str, list[dict[str, Any]]]) -> str:
     rows.append(["**peak RssAnon (GB), median**", *[f"**{overall[name] / 1e9:.2f}**" for name in datasets]])
 
     first, last = datasets[0], datasets[-1]
-    growth = (overall[last] - overall[first]) / (
-        results[last][0]["n_transcripts"] - results[first][0]["n_transcripts"]
-    )
+    extra_transcripts = results[last][0]["n_transcripts"] - results[first][0]["n_transcripts"]
+    if extra_transcripts > 0:
+        growth = (overall[last] - overall[first]) / extra_transcripts
+        summary = f"From {first} to {last}, the median peak grows by **{growth:.0f} bytes per transcript**."
+    else:
+        summary = "Growth per transcript needs at least two datasets of different sizes."
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = shlex.join(["python", *sys.argv])
     facts = "\n".join(f"- {name}: {value}" for name, value in machine_facts().items())
@@ -192,7 +194,7 @@ def report(results: dict[str, list[dict[str, Any]]]) -> str:
         "## segger_predict memory as the slide grows, with scratch_dir",
         f"Measured on {date} with\n\n```bash\n{command}\n```",
         markdown_table(["", *datasets], rows),
-        f"From {first} to {last}, the median peak grows by **{growth:.0f} bytes per transcript**.",
+        summary,
         "Each run is a fresh process that opens the zarr store, loads the same saved model and runs "
         "`sg.tl.segger_predict` with a scratch folder and the default tile size. A thread samples "
         "`RssAnon` (the process's own memory, not mapped file pages) every 10 ms, and the "
@@ -214,31 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="1m,5m,20m", help="comma-separated, smallest first")
     parser.add_argument("--repeats", type=int, default=2, help="runs per dataset (default: 2)")
-    parser.add_argument("--output", type=Path, help="markdown file to write the section into")
-    parser.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=DEFAULT_CACHE,
-        help=f"folder of the synthetic zarr stores (default: {DEFAULT_CACHE})",
-    )
-
-    # Internal: the parent starts itself with these to train or to predict.
-    parser.add_argument("--worker", choices=("train", "predict"), help=argparse.SUPPRESS)
-    parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    add_common_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    if args.worker == "train":
-        train(args.store, args.model)
-        return 0
-    if args.worker == "predict":
-        args.result.write_text(json.dumps(predict(args.store, args.model)))
+    if run_as_worker(args, predict):
         return 0
 
     stores, _ = synthetic_stores(args.cache_dir, random_state=0, regenerate=False)
