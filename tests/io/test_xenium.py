@@ -242,9 +242,13 @@ def test_xenium_nonfinite_in_later_row_group(tmp_path, monkeypatch):
         sg.io.xenium(folder)
 
 
-def test_xenium_duplicate_ids_across_row_groups(tmp_path, monkeypatch):
+@pytest.mark.parametrize("bucket", [None, 5])
+def test_xenium_duplicate_ids_across_row_groups(tmp_path, monkeypatch, bucket):
     transcripts = pd.concat([make_transcripts()] * 2, ignore_index=True)
     monkeypatch.setattr("segger.io._xenium.ROWS_PER_PARTITION", 6)
+    if bucket is not None:
+        # Ids checked in hash buckets, reading the file once per bucket.
+        monkeypatch.setattr("segger._repeats.BUCKET_SIZE", bucket)
     folder = write_row_groups(tmp_path, transcripts, rows=6)
 
     with pytest.raises(ValueError, match="6 duplicate transcript_id"):

@@ -184,7 +184,7 @@ def test_predict_one_transcript(toy, trained):
 def test_fit_duplicate_transcript_ids(toy, monkeypatch, bucket):
     if bucket is not None:
         # Checked in several hash buckets, which must still find every repeat.
-        monkeypatch.setattr("segger.tl._prepare._ID_BUCKET", bucket)
+        monkeypatch.setattr("segger._repeats.BUCKET_SIZE", bucket)
     points, shapes = parts(toy)
     points = points.copy()
     points.loc[points.index[:5], "transcript_id"] = points["transcript_id"].iloc[0]
@@ -316,17 +316,3 @@ def test_fit_infinite_coordinate(toy):
 
     with pytest.raises(ValueError, match="inf"):
         sg.tl.segger_fit(sdata, **FAST)
-
-
-def test_transcript_id_buckets_spread_patterned_ids(monkeypatch):
-    from segger.tl._prepare import _check_unique_id_array, _id_bucket
-
-    monkeypatch.setattr("segger.tl._prepare._ID_BUCKET", 1000)
-    ids = np.arange(10_000, dtype=np.int64) * 1024
-
-    _check_unique_id_array(ids, "transcripts")
-
-    sizes = np.bincount(_id_bucket(ids, 10).astype(np.int64), minlength=10)
-    assert sizes.min() > 800
-    with pytest.raises(ValueError, match="but 2 rows"):
-        _check_unique_id_array(np.append(ids, ids[1234]), "transcripts")

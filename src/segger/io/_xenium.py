@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pyarrow.parquet as pq
 from spatialdata import SpatialData
 
 from .. import _constants as C
+from .._repeats import Repeats, find_repeats
 from ._shapes import polygons_from_vertices
 from ._spatialdata import (
     TranscriptChecks,
@@ -105,7 +107,8 @@ def read_transcripts(file: str | Path) -> pd.DataFrame:
     checks.add(frame)
     checks.check(len(frame), source=file.name)
     if C.TRANSCRIPT_ID in frame.columns:
-        _check_unique_ids(frame[C.TRANSCRIPT_ID].astype(np.int64), source=file.name)
+        ids = frame[C.TRANSCRIPT_ID].to_numpy(dtype=np.int64)
+        _raise_for_repeats(find_repeats(lambda: [ids], len(ids)), source=file.name)
     return _to_points_schema(frame, row_offset=0)
 
 
@@ -185,19 +188,29 @@ def _scan_transcripts(
     columns = [column for column in needed if column in parquet.schema_arrow.names]
     checks = TranscriptChecks(COORDINATE_COLUMNS, C.FEATURE_NAME)
     genes: set[str] = set()
-    ids = []
     for groups, offset in partitions:
         frame = parquet.read_row_groups(list(groups), columns=columns).to_pandas()
         frame.index = pd.RangeIndex(offset, offset + len(frame))
         checks.add(frame)
         genes.update(decode_byte_strings(frame[C.FEATURE_NAME]).astype(str).unique())
-        if C.TRANSCRIPT_ID in frame.columns:
-            ids.append(frame[C.TRANSCRIPT_ID].to_numpy(dtype=np.int64))
 
     checks.check(parquet.metadata.num_rows, source=source)
-    if ids:
-        _check_unique_ids(pd.Series(np.concatenate(ids)), source=source)
+    if C.TRANSCRIPT_ID in columns:
+        _check_unique_file_ids(parquet, partitions, source=source)
     return sorted(genes)
+
+
+def _check_unique_file_ids(
+    parquet: pq.ParquetFile, partitions: list[tuple[tuple[int, ...], int]], *, source: str
+) -> None:
+    """Raise ValueError when ``transcript_id`` repeats a value, reading the column a partition at a time."""
+
+    def read_blocks() -> Iterator[np.ndarray]:
+        for groups, _ in partitions:
+            table = parquet.read_row_groups(list(groups), columns=[C.TRANSCRIPT_ID])
+            yield table.column(0).to_numpy().astype(np.int64)
+
+    _raise_for_repeats(find_repeats(read_blocks, parquet.metadata.num_rows), source=source)
 
 
 def _load_partition(
@@ -253,12 +266,11 @@ def _control_flags(frame: pd.DataFrame) -> np.ndarray:
     return flag_controls(frame[C.FEATURE_NAME])
 
 
-def _check_unique_ids(ids: pd.Series, *, source: str) -> None:
-    duplicated = ids.duplicated()
-    if duplicated.any():
+def _raise_for_repeats(repeats: Repeats, *, source: str) -> None:
+    if repeats:
         msg = (
-            f"{source} has {int(duplicated.sum())} duplicate transcript_id value(s), for example "
-            f"{int(ids[duplicated].iloc[0])}. transcript_id must be a unique key per transcript: "
+            f"{source} has {repeats.n_extra} duplicate transcript_id value(s), for example "
+            f"{repeats.example}. transcript_id must be a unique key per transcript: "
             "remove the duplicate rows or drop the column so that row numbers are used instead."
         )
         raise ValueError(msg)

@@ -19,6 +19,7 @@ from spatialdata.transformations import get_transformation
 from .. import _constants as C
 from .._grouping import row_blocks
 from .._memory import release_freed_memory
+from .._repeats import find_repeats
 from .._scratch import ArrayStore, Column
 from ..graph import GraphInputs, shape_features
 from ..io._spatialdata import check_nonfinite_counts, count_nonfinite
@@ -38,7 +39,6 @@ MAX_LABEL_DISTANCE_UM = 2.0
 MIN_LABELS_NEAR_SHAPE = 0.5
 
 # Transcript ids checked for repeats at once, which needs a hash table of them.
-_ID_BUCKET = 1 << 23
 
 
 @dataclass
@@ -246,7 +246,7 @@ def prepare(
     check_nonfinite_counts(nonfinite, n_points, source=source)
     if columns["transcript_ids"].n_rows:
         transcript_ids = columns["transcript_ids"].finish()
-        _check_unique_id_array(transcript_ids, points_key)
+        _check_unique_ids(transcript_ids, points_key)
     else:
         transcript_ids = None
 
@@ -335,8 +335,10 @@ def _read_points(sdata: SpatialData, points_key: str) -> tuple[pd.DataFrame, str
         raise ValueError(msg)
     source = f"points {points_key!r}"
     check_nonfinite_counts(count_nonfinite(points, (C.X, C.Y, C.Z)), len(points), source=source)
-    if C.TRANSCRIPT_ID in points.columns:
-        _check_unique_ids(pd.Series(points[C.TRANSCRIPT_ID].to_numpy()), points_key)
+    ids = points.get(C.TRANSCRIPT_ID)
+    if ids is not None and not ids.is_unique:
+        # The baselines accept any hashable ids, so these are checked by pandas, not as integers.
+        raise ValueError(_duplicate_ids_message(int(ids.duplicated(keep=False).sum()), points_key))
     return points, feature_key
 
 
@@ -406,42 +408,11 @@ def _graph_rows(column: Column, values: np.ndarray | None, in_graph: np.ndarray)
     return column.finish()
 
 
-def _check_unique_id_array(ids: np.ndarray, points_key: str) -> None:
-    """Raise ValueError when ``ids`` repeat a value, checking about :data:`_ID_BUCKET` ids at a time.
-
-    Equal ids fall into the same bucket of a hash of their value, so each bucket is checked on its own.
-    """
-    n_buckets = -(-len(ids) // _ID_BUCKET)
-    n_duplicated = 0
-    for bucket in range(n_buckets):
-        if n_buckets == 1:
-            values = ids
-        else:
-            parts = []
-            for block in row_blocks(len(ids)):
-                part = ids[block]
-                parts.append(part[_id_bucket(part, n_buckets) == bucket])
-            values = np.concatenate(parts)
-        n_duplicated += _n_duplicated(pd.Series(values))
-    if n_duplicated:
-        raise ValueError(_duplicate_ids_message(n_duplicated, points_key))
-
-
-def _id_bucket(ids: np.ndarray, n_buckets: int) -> np.ndarray:
-    """Return the bucket of each id from the upper bits of a multiplicative hash, so that ids in a regular pattern spread."""
-    mixed = ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    return (mixed >> np.uint64(32)) % np.uint64(n_buckets)
-
-
-def _n_duplicated(ids: pd.Series) -> int:
-    """Return how many entries of ``ids`` share their value with another entry."""
-    return 0 if ids.is_unique else int(ids.duplicated(keep=False).sum())
-
-
-def _check_unique_ids(ids: pd.Series, points_key: str) -> None:
-    n_duplicated = _n_duplicated(ids)
-    if n_duplicated:
-        raise ValueError(_duplicate_ids_message(n_duplicated, points_key))
+def _check_unique_ids(ids: np.ndarray, points_key: str) -> None:
+    """Raise ValueError when ``ids`` repeat a value, reading them a block of rows at a time."""
+    repeats = find_repeats(lambda: (ids[block] for block in row_blocks(len(ids))), len(ids))
+    if repeats:
+        raise ValueError(_duplicate_ids_message(repeats.n_rows, points_key))
 
 
 def _duplicate_ids_message(n_duplicated: int, points_key: str) -> str:
