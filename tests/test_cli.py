@@ -238,6 +238,21 @@ def test_failed_fit_writes_nothing(zarr_input, tmp_path, monkeypatch, capsys):
     assert leftovers(tmp_path) == []
 
 
+def test_interrupted_training_exits_130(zarr_input, tmp_path, monkeypatch, capsys):
+    def interrupted_step(self, data, batch_idx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sg.models.SeggerModule, "training_step", interrupted_step)
+    output = tmp_path / "out.zarr"
+
+    status = main(["segment", str(zarr_input), "-o", str(output), *FAST])
+
+    assert status == 130
+    assert "segger: interrupted" in capsys.readouterr().err
+    assert not output.exists()
+    assert leftovers(tmp_path) == []
+
+
 def test_failed_write_removes_temp_store(zarr_input, tmp_path, monkeypatch, capsys):
     original_write = spatialdata.SpatialData.write
     written = []

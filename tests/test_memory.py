@@ -17,7 +17,9 @@ def anonymous_memory() -> int:
     raise RuntimeError("RssAnon not found in /proc/self/status")
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads RssAnon from /proc, which only Linux has")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads RssAnon from /proc, which only Linux has"
+)
 def test_release_returns_arrow_pool_memory():
     before = anonymous_memory()
     column = pa.array(np.arange(8_000_000, dtype=np.int64))

@@ -100,13 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     The exit status: 0 on success, 1 when the data or a file is invalid, 2 for invalid arguments,
-    130 after Ctrl-C outside training and 143 after SIGTERM.
+    130 after Ctrl-C and 143 after SIGTERM.
 
     Notes
     -----
-    Lightning handles Ctrl-C during training itself and ends the process with status 1. Temporary
-    files are removed after errors, Ctrl-C and SIGTERM, but not after SIGKILL or a crash of the
-    interpreter.
+    Temporary files are removed after errors, Ctrl-C and SIGTERM, but not after SIGKILL or a
+    crash of the interpreter.
     """
     parser = build_parser()
     try:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -118,6 +120,20 @@ def test_train_marks_validation(trained):
     for data in tiles:
         assert data[TX].validation.dtype == torch.bool
         assert data[TX].validation.shape == (data[TX].num_nodes,)
+
+
+def test_train_interrupt_raises_keyboard_interrupt(tiny_model, training_tiles, monkeypatch):
+    def interrupted_step(self, data, batch_idx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SeggerModule, "training_step", interrupted_step)
+    handler = signal.getsignal(signal.SIGINT)
+
+    # Lightning alone would set SIGINT to be ignored and raise SystemExit(1).
+    with pytest.raises(KeyboardInterrupt):
+        _train(tiny_model(), training_tiles)
+
+    assert signal.getsignal(signal.SIGINT) is handler
 
 
 def test_train_without_validation_links(tiny_model, training_tiles):

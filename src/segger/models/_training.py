@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import lightning as L
@@ -363,15 +366,37 @@ def train(
             len(training),
             trainer.world_size,
         )
-    trainer.fit(
-        module,
-        train_dataloaders=_loader(training, shuffle=True, random_state=random_state),
-        val_dataloaders=_loader(validation, shuffle=False, random_state=random_state),
-    )
+    with _interrupt_raises(trainer):
+        trainer.fit(
+            module,
+            train_dataloaders=_loader(training, shuffle=True, random_state=random_state),
+            val_dataloaders=_loader(validation, shuffle=False, random_state=random_state),
+        )
     model.cpu()
     if best.state is not None:
         model.load_state_dict(best.state)
     return pd.DataFrame(history.rows)
+
+
+@contextmanager
+def _interrupt_raises(trainer: L.Trainer) -> Iterator[None]:
+    """Raise KeyboardInterrupt after Ctrl-C in ``trainer.fit``, with the SIGINT handler restored.
+
+    On Ctrl-C, Lightning 2.6 sets SIGINT to be ignored and calls ``sys.exit(1)``. That would end a
+    script with status 1 instead of the usual interrupt, and leave a Jupyter kernel ignoring every
+    later interrupt. Signal handlers can only be read and set in the main thread.
+    """
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if in_main_thread else None
+    try:
+        yield
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        raise KeyboardInterrupt from None
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
 
 
 def _loader(tiles: Sequence[HeteroData], *, shuffle: bool, random_state: int) -> DataLoader:
