@@ -305,3 +305,13 @@ def test_xenium_late_missing_gene(tmp_path, monkeypatch):
         match=r"1 of 12 transcripts in transcripts\.parquet have no 'feature_name' value, the first in data row 8",
     ):
         sg.io.xenium(folder)
+
+
+def test_xenium_missing_column_hint(tmp_path):
+    folder = write_folder(tmp_path, make_transcripts().drop(columns="feature_name"), make_vertices())
+
+    with pytest.raises(ValueError, match=r"\['feature_name'\].*the instrument's own output") as error:
+        sg.io.xenium(folder)
+
+    # Pointing a Xenium user at the Xenium reader, which raised the error, would not help.
+    assert "sg.io.xenium" not in str(error.value)

@@ -25,6 +25,7 @@ from ._csv import CsvBlock, CsvLayout
 from ._parquet import ParquetLayout, RowGroup, scan_transcript_file
 from ._shapes import merge_polygons_by_id
 from ._spatialdata import (
+    VENDOR_FILE_HINT,
     TranscriptChecks,
     build_spatialdata,
     check_required_columns,
@@ -233,7 +234,7 @@ def read_transcripts(
     file = Path(file)
     check_z_step(z_step)
     frame = read_transcript_table(file)
-    check_required_columns(frame, REQUIRED_COLUMNS, source=file.name)
+    check_required_columns(frame, REQUIRED_COLUMNS, source=file.name, hint=VENDOR_FILE_HINT)
     frame = frame.reset_index(drop=True)
     checks = TranscriptChecks(COORDINATE_COLUMNS, "target")
     checks.add(frame)
@@ -604,7 +605,9 @@ def _read_fov_positions(file: Path) -> pd.DataFrame:
     frame = pd.read_csv(file)
     # Newer exports name the column "FOV".
     frame = frame.rename(columns={"FOV": "fov"})
-    check_required_columns(frame, ("fov", "x_global_px", "y_global_px"), source=file.name)
+    check_required_columns(
+        frame, ("fov", "x_global_px", "y_global_px"), source=file.name, hint=VENDOR_FILE_HINT
+    )
     return frame.set_index(frame["fov"].astype(int))
 
 

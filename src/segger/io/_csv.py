@@ -12,7 +12,7 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
-from ._spatialdata import check_required_columns, raise_no_transcripts
+from ._spatialdata import VENDOR_FILE_HINT, check_required_columns, raise_no_transcripts
 
 # Bytes per block of a lazily read CSV file, about 220,000 MERSCOPE rows of 77 bytes. On a
 # 2-million-row MERSCOPE file, reading peaked 280 MB above the imported package (700 MB at 100 MiB).
@@ -125,7 +125,7 @@ def scan_transcripts_csv(
     columns = csv_columns(file)
     if not columns:
         raise_no_transcripts(file)
-    check_required_columns(pd.DataFrame(columns=columns), required, source=file.name)
+    check_required_columns(pd.DataFrame(columns=columns), required, source=file.name, hint=VENDOR_FILE_HINT)
 
     layout = scan_csv(file, inspect=inspect, block_bytes=block_bytes)
     if layout.n_rows == 0:

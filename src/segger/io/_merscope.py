@@ -21,6 +21,7 @@ from ._csv import CsvBlock, CsvLayout
 from ._parquet import ParquetLayout, RowGroup, scan_transcript_file
 from ._shapes import merge_polygons_by_id
 from ._spatialdata import (
+    VENDOR_FILE_HINT,
     TranscriptChecks,
     build_spatialdata,
     check_required_columns,
@@ -163,7 +164,7 @@ def read_transcripts(file: str | Path, *, z_step: float | None = 1.5) -> pd.Data
     file = Path(file)
     check_z_step(z_step)
     frame = read_transcript_table(file)
-    check_required_columns(frame, REQUIRED_COLUMNS, source=file.name)
+    check_required_columns(frame, REQUIRED_COLUMNS, source=file.name, hint=VENDOR_FILE_HINT)
     frame = frame.reset_index(drop=True)
     checks = TranscriptChecks(COORDINATE_COLUMNS, GENE_COLUMN)
     checks.add(frame)

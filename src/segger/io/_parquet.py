@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ._csv import BlockLayout, CsvLayout, scan_transcripts_csv
-from ._spatialdata import check_required_columns, raise_no_transcripts
+from ._spatialdata import VENDOR_FILE_HINT, check_required_columns, raise_no_transcripts
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def scan_transcripts_parquet(
     parquet = pq.ParquetFile(file)
     schema = parquet.schema_arrow
     columns = [name for name in schema.names if not name.startswith("__index_level_")]
-    check_required_columns(pd.DataFrame(columns=columns), required, source=file.name)
+    check_required_columns(pd.DataFrame(columns=columns), required, source=file.name, hint=VENDOR_FILE_HINT)
 
     blocks = []
     first_row = 0

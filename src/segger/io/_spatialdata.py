@@ -121,14 +121,25 @@ def raise_no_transcripts(file: Path) -> NoReturn:
     raise ValueError(msg)
 
 
-def check_required_columns(frame: pd.DataFrame, required: tuple[str, ...], *, source: str) -> None:
-    """Raise ValueError naming every column of ``required`` that ``frame`` lacks."""
+VENDOR_FILE_HINT = (
+    "Check that the file is the instrument's own output, unchanged: the reader expects its column names."
+)
+
+
+def check_required_columns(
+    frame: pd.DataFrame, required: tuple[str, ...], *, source: str, hint: str | None = None
+) -> None:
+    """Raise ValueError naming every column of ``required`` that ``frame`` lacks.
+
+    ``hint`` ends the message. By default it suits a points element, whose columns can be renamed.
+    """
     missing = [column for column in required if column not in frame.columns]
     if missing:
-        msg = (
-            f"{source} is missing the required column(s) {missing}; it has {list(frame.columns)}. "
-            "Rename the columns to the expected names or use the reader for this instrument."
+        hint = hint or (
+            "Rename the columns to the expected names, or read the vendor folder with the reader "
+            "for its instrument (sg.io.xenium, sg.io.merscope or sg.io.cosmx)."
         )
+        msg = f"{source} is missing the required column(s) {missing}; it has {list(frame.columns)}. {hint}"
         raise ValueError(msg)
 
 

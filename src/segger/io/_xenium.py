@@ -18,6 +18,7 @@ from .. import _constants as C
 from .._repeats import Repeats, find_repeats
 from ._shapes import polygons_from_vertices
 from ._spatialdata import (
+    VENDOR_FILE_HINT,
     TranscriptChecks,
     build_spatialdata,
     check_required_columns,
@@ -101,7 +102,7 @@ def read_transcripts(file: str | Path) -> pd.DataFrame:
     frame = _read_table(file)
     if frame.empty:
         raise_no_transcripts(file)
-    check_required_columns(frame, REQUIRED_COLUMNS, source=file.name)
+    check_required_columns(frame, REQUIRED_COLUMNS, source=file.name, hint=VENDOR_FILE_HINT)
     frame = frame.reset_index(drop=True)
     checks = TranscriptChecks(COORDINATE_COLUMNS, C.FEATURE_NAME)
     checks.add(frame)
@@ -144,7 +145,9 @@ def read_parquet_transcripts(file: str | Path, *, rows_per_partition: int | None
     columns = parquet.schema_arrow.names
     if parquet.metadata.num_rows == 0:
         raise_no_transcripts(file)
-    check_required_columns(pd.DataFrame(columns=columns), REQUIRED_COLUMNS, source=file.name)
+    check_required_columns(
+        pd.DataFrame(columns=columns), REQUIRED_COLUMNS, source=file.name, hint=VENDOR_FILE_HINT
+    )
 
     partitions = _row_group_partitions(parquet, rows_per_partition or ROWS_PER_PARTITION)
     genes = _scan_transcripts(parquet, partitions, source=file.name)
