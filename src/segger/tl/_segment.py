@@ -720,7 +720,6 @@ def _predict_tiles(
             device=device,
             scheduler=scheduler,
             progress=progress,
-            release_each_tile=store.on_disk,
         )
     else:
         _predict_tiles_on_client(
@@ -823,7 +822,6 @@ def _predict_tiles_locally(
     device: torch.device,
     scheduler: str,
     progress: bool,
-    release_each_tile: bool = False,
 ) -> None:
     """Run ``task`` on every tile as a task of Dask's local ``scheduler``, adding each result to ``results``.
 
@@ -831,10 +829,6 @@ def _predict_tiles_locally(
     predicted, so at most one tile per thread is alive, and writes its result before it ends,
     so no tile's result waits for the others. On CUDA, graphs are built in parallel but one task
     at a time runs the model.
-
-    With ``release_each_tile``, each task returns the memory its tile freed to the operating
-    system. glibc otherwise keeps it for later tiles, and on 5 million synthetic transcripts the
-    peak was 0.3 to 0.4 GB higher, but handing it back costs about a tenth of the prediction time.
     """
     model.to(device)
     # NOTE: the CUDA path, with its lock, has only been run on machines without a GPU.
@@ -850,7 +844,6 @@ def _predict_tiles_locally(
             tile_index=tile_index,
             device=device,
             model_lock=model_lock,
-            release_memory=release_each_tile,
         ),
         pure=False,
     )
@@ -871,17 +864,10 @@ def _predict_tiles_locally(
 
 
 def _predict_and_add(
-    tile: int,
-    *,
-    task: Callable[..., _TileResult],
-    results: _TileResults,
-    release_memory: bool = False,
-    **options: Any,
+    tile: int, *, task: Callable[..., _TileResult], results: _TileResults, **options: Any
 ) -> None:
-    """Run ``task`` on ``tile`` and add its result to ``results``, then release freed memory if asked."""
+    """Run ``task`` on ``tile`` and add its result to ``results``."""
     results.add(task(tile, **options))
-    if release_memory:
-        release_freed_memory()
 
 
 @contextmanager
