@@ -28,15 +28,11 @@ class Repeats:
     ----------
     n_rows
         Number of values equal to another value.
-    n_extra
-        Number of values beyond the first of each distinct value: the rows to drop to make
-        the keys unique.
     example
         One repeated value, or ``None`` when there is none.
     """
 
     n_rows: int = 0
-    n_extra: int = 0
     example: int | None = None
 
     def __bool__(self) -> bool:
@@ -66,17 +62,16 @@ def find_repeats(
         return Repeats()
 
     n_buckets = max(1, -(-n_values // (bucket_size or BUCKET_SIZE)))
-    n_rows, n_extra, example = 0, 0, None
+    n_rows, example = 0, None
     for bucket in range(n_buckets):
         values = pd.Series(_bucket_values(read_blocks(), bucket, n_buckets))
         if values.is_unique:
             continue
         repeated = values.duplicated(keep=False)
         n_rows += int(repeated.sum())
-        n_extra += int(values.duplicated().sum())
         if example is None:
             example = int(values[repeated].iloc[0])
-    return Repeats(n_rows, n_extra, example)
+    return Repeats(n_rows, example)
 
 
 def hash_bucket(values: np.ndarray, n_buckets: int) -> np.ndarray:

@@ -417,7 +417,7 @@ def test_xenium_duplicate_transcript_id_raises(data):
     with tempfile.TemporaryDirectory() as name:
         folder = write_xenium(Path(name), frame, box_vertices("c"), csv=False)
         with pytest.raises(
-            ValueError, match=rf"1 duplicate transcript_id value\(s\), for example {ids[first]}"
+            ValueError, match=rf"2 rows whose transcript_id another row shares, for example {ids[first]}"
         ):
             sg.io.xenium(folder)
 

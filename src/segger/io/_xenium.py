@@ -272,7 +272,7 @@ def _control_flags(frame: pd.DataFrame) -> np.ndarray:
 def _raise_for_repeats(repeats: Repeats, *, source: str) -> None:
     if repeats:
         msg = (
-            f"{source} has {repeats.n_extra} duplicate transcript_id value(s), for example "
+            f"{source} has {repeats.n_rows} rows whose transcript_id another row shares, for example "
             f"{repeats.example}. transcript_id must be a unique key per transcript: "
             "remove the duplicate rows or drop the column so that row numbers are used instead."
         )
