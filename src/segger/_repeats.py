@@ -2,9 +2,10 @@
 
 The values come in blocks from a function that can be called again, so that they may be read
 from a file once per pass. Values that increase strictly from block to block are unique, which
-one pass shows with no memory beyond a block (Xenium numbers its transcripts that way). Other
-values are split by a hash into buckets of about :data:`BUCKET_SIZE` values, and each bucket
-is checked on its own in one more pass: equal values share a bucket.
+one pass shows with no memory beyond a block (the ids of the Xenium sample that the tests read
+increase that way). Other values are split by a hash into buckets of about
+:data:`BUCKET_SIZE` values, and each bucket is checked on its own in one more pass: equal
+values share a bucket.
 """
 
 from __future__ import annotations
