@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import signal
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -134,6 +135,14 @@ def test_train_interrupt_raises_keyboard_interrupt(tiny_model, training_tiles, m
         _train(tiny_model(), training_tiles)
 
     assert signal.getsignal(signal.SIGINT) is handler
+
+
+def test_train_hides_leafspec_warning(tiny_model, training_tiles):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _train(tiny_model(), training_tiles, _settings(max_epochs=1))
+
+    assert not [warning for warning in caught if "LeafSpec" in str(warning.message)]
 
 
 def test_train_without_validation_links(tiny_model, training_tiles):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -366,7 +367,12 @@ def train(
             len(training),
             trainer.world_size,
         )
-    with _interrupt_raises(trainer):
+    with _interrupt_raises(trainer), warnings.catch_warnings():
+        # Lightning 2.6 builds torch's deprecated LeafSpec, which torch 2.13 warns about at every
+        # fit. The user cannot act on that warning.
+        warnings.filterwarnings(
+            "ignore", message=r"`isinstance\(treespec, LeafSpec\)`", category=FutureWarning
+        )
         trainer.fit(
             module,
             train_dataloaders=_loader(training, shuffle=True, random_state=random_state),
