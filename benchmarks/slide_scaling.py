@@ -193,7 +193,7 @@ def report(results: dict[str, list[dict[str, Any]]]) -> str:
         name: statistics.median(max(run["peaks"].values()) for run in results[name]) for name in datasets
     }
     rows.append(["**peak RssAnon (GB), median**", *[f"**{overall[name] / 1e9:.2f}**" for name in datasets]])
-    held = {
+    memory_rows = {
         "before the call: store opened, model loaded (GB), median": lambda run: run["before"],
         "added by the call: peak minus before (GB), median": lambda run: (
             max(run["peaks"].values()) - run["before"]
@@ -202,9 +202,9 @@ def report(results: dict[str, list[dict[str, Any]]]) -> str:
     }
     medians = {
         label: {name: statistics.median(value(run) for run in results[name]) for name in datasets}
-        for label, value in held.items()
+        for label, value in memory_rows.items()
     }
-    rows.extend([label, *[f"{medians[label][name] / 1e9:.2f}" for name in datasets]] for label in held)
+    rows.extend([label, *[f"{medians[label][name] / 1e9:.2f}" for name in datasets]] for label in memory_rows)
 
     first, last = datasets[0], datasets[-1]
     extra_transcripts = results[last][0]["n_transcripts"] - results[first][0]["n_transcripts"]

@@ -51,14 +51,14 @@ def test_repeats_match_pandas(bucket_size):
 
 def test_unique_values_in_buckets():
     values = np.random.default_rng(1).permutation(10_000).astype(np.int64) * 1024
+    with_repeat = np.append(values, values[1234])
 
-    assert not find_repeats(blocks_of(values, 999), len(values), bucket_size=1000)
-    assert (
-        find_repeats(
-            blocks_of(np.append(values, values[1234]), 999), len(values) + 1, bucket_size=1000
-        ).n_rows
-        == 2
-    )
+    unique = find_repeats(blocks_of(values, 999), len(values), bucket_size=1000)
+    repeated = find_repeats(blocks_of(with_repeat, 999), len(with_repeat), bucket_size=1000)
+
+    assert not unique
+    assert repeated.n_rows == 2
+    assert repeated.example == values[1234]
 
 
 def test_hash_spreads_patterned_values():

@@ -100,5 +100,10 @@ def _strictly_increasing(blocks: Iterable[np.ndarray]) -> bool:
 
 def _bucket_values(blocks: Iterable[np.ndarray], bucket: int, n_buckets: int) -> np.ndarray:
     """Return the values of ``blocks`` that fall into ``bucket`` of ``n_buckets``."""
-    parts = [block if n_buckets == 1 else block[hash_bucket(block, n_buckets) == bucket] for block in blocks]
-    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    if n_buckets == 1:
+        parts = list(blocks)
+    else:
+        parts = [block[hash_bucket(block, n_buckets) == bucket] for block in blocks]
+    if not parts:
+        return np.empty(0, dtype=np.int64)
+    return np.concatenate(parts)
