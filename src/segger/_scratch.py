@@ -256,10 +256,12 @@ class Column:
 
     def finish(self) -> np.ndarray:
         """Return the whole array; no part can be appended afterwards."""
-        if self.file is None:
-            return np.concatenate(self.parts)
-
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.n_rows == 0:
             return np.empty((0, *self.row_shape), dtype=self.dtype)
+        if self.file is None:
+            whole = np.concatenate(self.parts)
+            self.parts = []
+            return whole
         return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.n_rows, *self.row_shape))

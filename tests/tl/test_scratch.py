@@ -72,6 +72,12 @@ def test_empty_column_on_disk(tmp_path):
     assert result.dtype == np.int64
 
 
+def test_column_without_parts_is_empty():
+    result = ArrayStore().column("ids").finish()
+
+    assert result.shape == (0,)
+
+
 def test_keep_and_full_on_disk(tmp_path):
     store = ArrayStore(tmp_path)
 
@@ -238,11 +244,14 @@ def test_fit_with_scratch_equals_in_memory(tmp_path, monkeypatch):
     in_memory = sg.datasets.toy(n_cells=40, random_state=2)
     on_disk = sg.datasets.toy(n_cells=40, random_state=2)
     mapped = []
+    leftover_sizes = []
     finish = segment._TileResults.finish
 
     def record_finish(results):
         predicted = finish(results)
         mapped.append(isinstance(predicted.shape, np.memmap))
+        mapped.append(isinstance(predicted.leftover_embeddings, np.memmap))
+        leftover_sizes.append(len(predicted.leftover))
         return predicted
 
     sg.tl.segger_fit(in_memory, **options)
@@ -251,7 +260,8 @@ def test_fit_with_scratch_equals_in_memory(tmp_path, monkeypatch):
 
     columns, shapes, table = _segmentation(on_disk)
     expected_columns, expected_shapes, expected_table = _segmentation(in_memory)
-    assert mapped == [True]
+    assert mapped == [True, True]
+    assert leftover_sizes[0] > 0
     assert columns["segger_cell_id"].notna().sum() > 0
     pd.testing.assert_frame_equal(columns, expected_columns)
     assert shapes.geometry.geom_equals_exact(expected_shapes.geometry, tolerance=0).all()

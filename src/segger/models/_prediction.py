@@ -13,6 +13,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 from torch_geometric.data import HeteroData
 
+from .._grouping import row_blocks
 from ..graph import BD, CANDIDATE, TX, TX_BD, TX_TX
 from ._segger import Segger
 
@@ -274,7 +275,11 @@ def _similar_neighbours(
     n = len(positions)
     k_query = min(k + 1, n)
     tree = cKDTree(positions)
-    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1), 1e-12)[:, None]
+    # The norms are computed a block at a time and the embeddings divided only where gathered,
+    # so that no second copy of all embeddings is made; `embeddings` may be a memory map.
+    norms = np.empty(n, dtype=np.result_type(embeddings.dtype, np.float32))
+    for block in row_blocks(n):
+        norms[block] = np.maximum(np.linalg.norm(embeddings[block], axis=1), 1e-12)
     index_type = np.int32 if n <= np.iinfo(np.int32).max else np.int64
     sources, targets = [], []
     for start in range(0, n, _FRAGMENT_CHUNK):
@@ -285,7 +290,9 @@ def _similar_neighbours(
         source = np.repeat(np.arange(start, stop), k_query).reshape(stop - start, k_query)
         valid = np.isfinite(distances) & (neighbours != source)
         source, target = source[valid], neighbours[valid]
-        similar = np.einsum("ij,ij->i", unit[source], unit[target]) >= min_similarity
+        unit_source = embeddings[source] / norms[source][:, None]
+        unit_target = embeddings[target] / norms[target][:, None]
+        similar = np.einsum("ij,ij->i", unit_source, unit_target) >= min_similarity
         sources.append(source[similar].astype(index_type))
         targets.append(target[similar].astype(index_type))
     return np.concatenate(sources), np.concatenate(targets)

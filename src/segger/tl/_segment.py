@@ -744,8 +744,10 @@ class _TileResults:
         self.score = store.full("score", n_transcripts, np.nan, np.float32)
         self.predicted = np.zeros(n_transcripts, dtype=bool)
         self.embedding_size = embedding_size
-        self.leftover: list[np.ndarray] = []
-        self.embeddings: list[np.ndarray] = []
+        self.store = store
+        # Appended in the order that tiles finish; sorted by transcript in `finish`.
+        self.leftover = store.column("leftover_unsorted")
+        self.embeddings = store.column("leftover_embeddings_unsorted")
         self.n_links = 0
         self.n_tiles = 0
         self.unreached_tiles = 0
@@ -781,18 +783,26 @@ class _TileResults:
             )
             raise RuntimeError(msg)
 
-        leftover = np.concatenate(self.leftover) if self.leftover else np.empty(0, dtype=np.int64)
-        embeddings = (
-            np.concatenate(self.embeddings)
-            if self.embeddings
-            else np.empty((0, self.embedding_size), np.float32)
-        )
-        order = np.argsort(leftover, kind="stable")
+        unsorted = self.leftover.finish()
+        embeddings = self.embeddings.finish()
+        if len(unsorted) == 0:
+            unsorted = np.empty(0, dtype=np.int64)
+            embeddings = np.empty((0, self.embedding_size), dtype=np.float32)
+        order = np.argsort(unsorted, kind="stable")
+        leftover = unsorted[order]
+        del unsorted
+
+        # Gathered a block at a time, so that in memory at most two copies of the embeddings
+        # exist, and on disk only one block of them is held.
+        ordered = self.store.empty("leftover_embeddings", embeddings.shape, embeddings.dtype)
+        for block in row_blocks(len(order)):
+            ordered[block] = embeddings[order[block]]
+        del embeddings
         return _Predicted(
             shape=self.shape,
             score=self.score,
-            leftover=leftover[order],
-            leftover_embeddings=embeddings[order],
+            leftover=leftover,
+            leftover_embeddings=ordered,
             n_links=self.n_links,
         )
 
