@@ -530,6 +530,23 @@ def test_scratch_dir_run_leaves_it_empty(zarr_input, tmp_path):
     assert list(scratch.iterdir()) == []
 
 
+def test_failed_write_leaves_scratch_empty(zarr_input, tmp_path, monkeypatch, capsys):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    output = tmp_path / "out.zarr"
+
+    def fail(sdata, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("segger.cli._write_store", fail)
+    status = main(["segment", str(zarr_input), "-o", str(output), "--scratch-dir", str(scratch), *FAST, "-q"])
+
+    assert status == 1
+    assert "disk full" in capsys.readouterr().err
+    assert not output.exists()
+    assert list(scratch.iterdir()) == []
+
+
 def test_missing_scratch_dir_reported(zarr_input, tmp_path, capsys):
     missing = tmp_path / "missing"
     output = tmp_path / "out.zarr"

@@ -7,6 +7,7 @@ import mmap
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from os import PathLike
@@ -51,6 +52,27 @@ class ArrayStore:
             yield cls(folder)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def outputs(self) -> ArrayStore:
+        """Return a store for arrays that the results read after the run, in a new folder beside this one.
+
+        The folder is not deleted with this store's: :meth:`remove_with` ties it to the object
+        that reads the arrays, and :meth:`remove` deletes it at once. In memory, the result is
+        in memory too.
+        """
+        if self.folder is None:
+            return ArrayStore()
+        return ArrayStore(Path(tempfile.mkdtemp(prefix="segger-output-", dir=self.folder.parent)))
+
+    def remove_with(self, owner: object) -> None:
+        """Delete the folder once ``owner`` is garbage-collected, or when the interpreter exits."""
+        if self.folder is not None:
+            weakref.finalize(owner, shutil.rmtree, self.folder, ignore_errors=True)
+
+    def remove(self) -> None:
+        """Delete the folder and its files; on Linux and macOS, arrays mapped from them stay readable."""
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     @property
     def on_disk(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pytest
+import spatialdata
 
 import segger as sg
 import segger.tl._segment as segment
@@ -267,7 +269,25 @@ def test_fit_with_scratch_equals_in_memory(tmp_path, monkeypatch):
     assert shapes.geometry.geom_equals_exact(expected_shapes.geometry, tolerance=0).all()
     assert (table.X != expected_table.X).nnz == 0
     assert table.uns["segger"]["params"]["scratch_dir"] == str(tmp_path)
-    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_columns_kept_until_points_freed(model, tmp_path):
+    sdata = sg.datasets.toy(n_cells=40, random_state=3)
+    sg.tl.segger_predict(sdata, model, scratch_dir=tmp_path, progress=False)
+
+    folders = list(tmp_path.iterdir())
+    assert len(folders) == 1
+    assert folders[0].name.startswith("segger-output-")
+    assert sorted(path.name for path in folders[0].iterdir()) == ["cell_codes.npy", "scores.npy"]
+    written = tmp_path / "written.zarr"
+    sdata.write(written)
+    points = spatialdata.read_zarr(written).points["transcripts"].compute()
+    assert points["segger_cell_id"].notna().sum() > 0
+
+    del sdata
+    gc.collect()
+
+    assert list(tmp_path.iterdir()) == [written]
 
 
 def test_predict_with_scratch_equals_in_memory(model, tmp_path):
@@ -281,7 +301,6 @@ def test_predict_with_scratch_equals_in_memory(model, tmp_path):
     expected_columns, _, expected_table = _segmentation(in_memory)
     pd.testing.assert_frame_equal(columns, expected_columns)
     assert (table.X != expected_table.X).nnz == 0
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_failed_predict_removes_scratch(model, tmp_path, monkeypatch):

@@ -223,10 +223,11 @@ def segger_fit(
         ids, the tile order and the predicted shapes and scores, about 70 bytes per transcript.
         ``None`` keeps them in memory. With a folder, they are written to files in a new
         subfolder and read back as memory maps, so they no longer take the process's own
-        memory. The subfolder is deleted when the call ends, also after an error. The new points
-        columns are kept in memory, as without a folder. With ``client``, workers that see the
-        same files map them instead of receiving copies; segger checks this and otherwise
-        sends copies.
+        memory. The subfolder is deleted when the call ends, also after an error. The values of
+        the two new points columns (8 bytes per transcript) go to a second subfolder that the
+        points element reads whenever it is computed or written. It is deleted once that element
+        is garbage-collected, or when Python exits. With ``client``, workers that see the same
+        files map them instead of receiving copies; segger checks this and otherwise sends copies.
     random_state
         Seed for numpy and torch.
     overwrite
@@ -574,20 +575,30 @@ def _segment(
         time.perf_counter() - phase,
     )
 
-    cells, scores, prior_ids = _cells(prepared, best_shape, best_score, leftover, fragments)
-    write_cells(
-        sdata,
-        cells,
-        scores,
-        prepared.points,
-        key_added=key_added,
-        points_key=points_key,
-        prior_ids=prior_ids,
-        prior_shapes=prepared.shapes,
-        params=params,
-        overwrite=overwrite,
-        store=store,
-    )
+    # The two new points columns are read whenever the points element is computed or written,
+    # so with a scratch folder they go to a folder of their own that lives as long as the element.
+    outputs = store.outputs()
+    try:
+        cells, scores, prior_ids = _cells(
+            prepared, best_shape, best_score, leftover, fragments, store=outputs
+        )
+        write_cells(
+            sdata,
+            cells,
+            scores,
+            prepared.points,
+            key_added=key_added,
+            points_key=points_key,
+            prior_ids=prior_ids,
+            prior_shapes=prepared.shapes,
+            params=params,
+            overwrite=overwrite,
+            store=store,
+            outputs=outputs,
+        )
+    except BaseException:
+        outputs.remove()
+        raise
     logger.info(
         "Assigned %d of %d graph transcripts to %d cells; added %r, %r, %r and %r.",
         int((cells.codes >= 0).sum()),
@@ -1116,6 +1127,8 @@ def _cells(
     best_score: np.ndarray,
     leftover: np.ndarray,
     fragments: np.ndarray,
+    *,
+    store: ArrayStore,
 ) -> tuple[Cells, np.ndarray, pd.Series]:
     """Return the cells with each transcript's code, the score of every transcript, and each grown cell's prior id.
 
@@ -1133,6 +1146,8 @@ def _cells(
         The graph transcripts without a prior shape, ascending.
     fragments
         Fragment of each ``leftover`` transcript, -1 for none.
+    store
+        Where the returned codes and scores are kept.
     """
     shape_ids = prepared.shapes.index.to_numpy(dtype=object)
     used = np.zeros(len(shape_ids), dtype=bool)
@@ -1147,8 +1162,8 @@ def _cells(
     shape_code[used_shapes] = code_of[: len(used_shapes)]
     fragment_code = code_of[len(used_shapes) :].astype(np.int32)
 
-    codes = np.full(prepared.n_points, -1, dtype=np.int32)
-    scores = np.full(prepared.n_points, np.nan, dtype=np.float32)
+    codes = store.full("cell_codes", prepared.n_points, -1, np.int32)
+    scores = store.full("scores", prepared.n_points, np.nan, np.float32)
     first_graph = 0
     for block in row_blocks(prepared.n_points):
         in_graph = prepared.in_graph[block]

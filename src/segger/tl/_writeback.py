@@ -337,6 +337,7 @@ def write_cells(
     hull_ratio: float = DEFAULT_HULL_RATIO,
     point_radius: float = DEFAULT_POINT_RADIUS,
     store: ArrayStore | None = None,
+    outputs: ArrayStore | None = None,
 ) -> None:
     """Store a segmentation given as cell codes, as :func:`write_segmentation` does with cell ids.
 
@@ -359,6 +360,9 @@ def write_cells(
     store
         Where the transcripts grouped by cell are kept while the polygons and counts are built;
         in memory by default.
+    outputs
+        The store that contains ``cells.codes`` and ``scores``. Its folder, if any, is deleted once
+        the new points element no longer reads them.
     """
     start = time.perf_counter()
     names = _OutputNames.from_key(key_added)
@@ -386,7 +390,9 @@ def write_cells(
     counts, genes = _count_matrix(arrays, grouped)
     del grouped
 
-    new_points = _points_with_columns(points, cells, scores, arrays.partition_lengths, names=names)
+    new_points = _points_with_columns(
+        points, cells, scores, arrays.partition_lengths, names=names, outputs=outputs
+    )
     shapes = ShapesModel.parse(
         gpd.GeoDataFrame(geometry=polygons, index=pd.Index(cells.ids, dtype=object)),
         transformations=copy.deepcopy(transformations),
@@ -687,11 +693,13 @@ def _points_with_columns(
     partition_lengths: tuple[int, ...],
     *,
     names: _OutputNames,
+    outputs: ArrayStore | None = None,
 ) -> dd.DataFrame:
     """Return ``points`` with the cell id and score columns added lazily, partition by partition.
 
     The result keeps the element's partitions, divisions and attrs. Nothing is computed here:
-    each partition gets its slice of the columns when it is computed or written.
+    each partition gets its slice of the columns when it is computed or written. The folder of
+    ``outputs``, which holds the columns' arrays, is deleted with the function that reads them.
     """
     if sum(partition_lengths) != len(cells.codes) or len(partition_lengths) != points.npartitions:
         msg = (
@@ -702,6 +710,8 @@ def _points_with_columns(
         raise RuntimeError(msg)
 
     filler = _ColumnFiller(cells, scores, partition_lengths, names)
+    if outputs is not None:
+        outputs.remove_with(filler)
     meta = points._meta.assign(
         **{
             names.cell_id_column: pd.Series(dtype=_CELL_ID_DTYPE),
