@@ -241,7 +241,7 @@ def _write_failed(path: Path, error: OSError) -> OSError:
     """Return the error for a scratch file that could not be written, naming its folder."""
     msg = (
         f"Writing the scratch array {path.stem!r} to {path.parent.parent} failed: {error}. The scratch "
-        "folder needs about 70 bytes per transcript, for example 7 GB for 100 million; free some "
+        "folder needs about 80 bytes per transcript, for example 8 GB for 100 million; free some "
         "space there, choose another scratch_dir, or use none to keep the arrays in memory."
     )
     return OSError(msg)

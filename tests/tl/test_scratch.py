@@ -214,7 +214,7 @@ def test_full_disk_names_scratch_dir(tmp_path, monkeypatch):
             store.keep("tokens", np.arange(3))
 
     assert str(tmp_path) in str(raised.value)
-    assert "70 bytes per transcript" in str(raised.value)
+    assert "80 bytes per transcript" in str(raised.value)
     assert list(tmp_path.iterdir()) == []
 
 
