@@ -530,6 +530,21 @@ def test_scratch_dir_run_leaves_it_empty(zarr_input, tmp_path):
     assert list(scratch.iterdir()) == []
 
 
+@pytest.mark.parametrize("inside", [".", "points"])
+def test_scratch_dir_inside_input_rejected(zarr_input, tmp_path, capsys, inside):
+    output = tmp_path / "out.zarr"
+    before = folder_digest(zarr_input)
+
+    status = main(
+        ["segment", str(zarr_input), "-o", str(output), "--scratch-dir", str(zarr_input / inside), *FAST]
+    )
+
+    assert status == 2
+    assert "is inside INPUT" in capsys.readouterr().err
+    assert not output.exists()
+    assert folder_digest(zarr_input) == before
+
+
 def test_failed_write_leaves_scratch_empty(zarr_input, tmp_path, monkeypatch, capsys):
     scratch = tmp_path / "scratch"
     scratch.mkdir()

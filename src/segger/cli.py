@@ -347,9 +347,9 @@ def _add_segment_command(commands: argparse._SubParsersAction) -> None:
         "--scratch-dir",
         metavar="DIR",
         help=(
-            "Keep the per-transcript arrays as memory-mapped files in new folders inside DIR, "
-            "deleted before segger exits, which takes about 80 bytes per transcript out of memory "
-            "(default: in memory)."
+            "Keep the per-transcript arrays and the two new points columns as memory-mapped files "
+            "in new folders inside DIR, deleted before segger exits. DIR needs about 80 bytes per "
+            "transcript (default: in memory)."
         ),
     )
     run.add_argument(
@@ -377,7 +377,13 @@ def _segment_command(args: argparse.Namespace) -> None:
     save_file = _save_model_path(options.get("save_model"), source, output, overwrite=args.overwrite)
     _check_device(args.device)
     if args.scratch_dir is not None:
-        check_scratch_dir(args.scratch_dir, option="--scratch-dir")
+        scratch = check_scratch_dir(args.scratch_dir, option="--scratch-dir").resolve()
+        if source is not None and (scratch == source or source in scratch.parents):
+            msg = (
+                f"--scratch-dir {args.scratch_dir!r} is inside INPUT, which segger only reads. Choose a "
+                "scratch folder outside INPUT."
+            )
+            raise UsageError(msg)
 
     model = _load_model(model_file) if model_file is not None else None
     sdata = _read_input(source, random_state=args.seed, pixel_size=args.pixel_size)
