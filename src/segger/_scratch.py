@@ -57,8 +57,8 @@ class ArrayStore:
         """Return a store for arrays that the results read after the run, in a new folder beside this one.
 
         The folder is not deleted with this store's: :meth:`remove_with` ties it to the object
-        that reads the arrays, and :meth:`remove` deletes it at once. In memory, the result is
-        in memory too.
+        that reads the arrays, and :meth:`remove` deletes it at once. A store without a folder
+        returns another store without one.
         """
         if self.folder is None:
             return ArrayStore()
