@@ -344,6 +344,26 @@ def test_merscope_csv_trailing_blank_lines(tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(points, read_eagerly(tmp_path))
 
 
+def test_merscope_csv_cut_off_warns(tmp_path, caplog):
+    write_folder(tmp_path)
+    file = tmp_path / "detected_transcripts.csv"
+    file.write_bytes(file.read_bytes().rstrip(b"\n")[:-4])
+    with caplog.at_level(logging.WARNING, logger="segger"):
+        points = sg.io.merscope(tmp_path).points["transcripts"].compute()
+
+    assert len(points) == 6
+    assert "does not end with a line break" in caplog.text
+    assert "'15,1,20.0,2.0,6,60.0,6.0,7,Blank-0002,Blank-'" in caplog.text
+
+
+def test_merscope_csv_complete_no_warning(tmp_path, caplog):
+    write_folder(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="segger"):
+        sg.io.merscope(tmp_path)
+
+    assert "line break" not in caplog.text
+
+
 def test_merscope_ovarian_crop_in_blocks(monkeypatch):
     folder = shared_dataset("merscope_ovarian_subset")
     monkeypatch.setattr("segger.io._csv.BYTES_PER_BLOCK", 100_000)

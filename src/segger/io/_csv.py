@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,8 @@ import numpy as np
 import pandas as pd
 
 from ._spatialdata import VENDOR_FILE_HINT, check_required_columns, raise_no_transcripts
+
+logger = logging.getLogger(__name__)
 
 # Bytes per block of a lazily read CSV file, about 220,000 MERSCOPE rows of 77 bytes. On a
 # 2-million-row MERSCOPE file, reading peaked 280 MB above the imported package (700 MB at 100 MiB).
@@ -130,7 +134,27 @@ def scan_transcripts_csv(
     layout = scan_csv(file, inspect=inspect, block_bytes=block_bytes)
     if layout.n_rows == 0:
         raise_no_transcripts(file)
+    _warn_if_cut_off(file)
     return layout
+
+
+def _warn_if_cut_off(file: Path) -> None:
+    """Log a warning when ``file`` does not end with a line break, a sign that it was cut off."""
+    with open(file, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        handle.seek(max(0, size - 200))
+        tail = handle.read()
+    if tail.endswith(b"\n"):
+        return
+
+    last_line = tail.rsplit(b"\n", 1)[-1].decode(errors="replace")
+    logger.warning(
+        "%s does not end with a line break, so its last line %r may be cut off, as after an incomplete "
+        "download or copy. Compare the file's size with the original's, and copy it again if they differ.",
+        file.name,
+        last_line,
+    )
 
 
 def scan_csv(
