@@ -211,8 +211,11 @@ def test_merscope_nan_coordinates(tmp_path):
     transcripts = make_transcripts()
     transcripts.loc[[0, 4], "global_x"] = np.nan
     write_folder(tmp_path, transcripts)
-    with pytest.raises(ValueError, match=r"2 of 6 transcripts .* 'global_x'"):
+    with pytest.raises(ValueError, match=r"2 of 6 transcripts .* 'global_x'") as raised:
         sg.io.merscope(tmp_path)
+
+    assert "Check that the file is complete and unchanged" in str(raised.value)
+    assert "df = df" not in str(raised.value)
 
 
 @pytest.mark.parametrize("content", ["", "global_x,global_y,global_z,gene\n"])

@@ -177,7 +177,7 @@ def test_xenium_nonfinite_coordinates(tmp_path, bad_value):
     transcripts = make_transcripts()
     transcripts.loc[[1, 3], "x_location"] = bad_value
     folder = write_folder(tmp_path, transcripts, make_vertices())
-    with pytest.raises(ValueError, match=r"2 of 6 transcripts .* 'x_location'.*Drop them"):
+    with pytest.raises(ValueError, match=r"2 of 6 transcripts .* 'x_location'.*drop those rows from a copy"):
         sg.io.xenium(folder)
 
 

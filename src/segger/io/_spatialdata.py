@@ -48,19 +48,31 @@ def count_nonfinite(points: pd.DataFrame, columns: tuple[str, ...]) -> dict[str,
     return counts
 
 
-def check_nonfinite_counts(counts: dict[str, int], n_points: int, *, source: str) -> None:
+def check_nonfinite_counts(
+    counts: dict[str, int], n_points: int, *, source: str, in_file: bool = False
+) -> None:
     """Raise ValueError for the first column with non-finite values among ``n_points`` transcripts.
 
     ``counts`` comes from :func:`count_nonfinite`, possibly summed over the partitions of a table.
+    With ``in_file``, the message advises on the file that ``source`` names instead of on a
+    DataFrame.
     """
     for column, n_bad in counts.items():
-        if n_bad:
-            msg = (
-                f"{n_bad} of {n_points} transcripts in {source} have a NaN or infinite {column!r} "
-                f"coordinate. Drop them first, for example "
-                f"`df = df[np.isfinite(df[{column!r}])]`, and pass the cleaned data."
+        if not n_bad:
+            continue
+
+        if in_file:
+            advice = "Check that the file is complete and unchanged, or drop those rows from a copy of it."
+        else:
+            advice = (
+                f"Drop them first, for example `df = df[np.isfinite(df[{column!r}])]`, and pass the "
+                "cleaned data."
             )
-            raise ValueError(msg)
+        msg = (
+            f"{n_bad} of {n_points} transcripts in {source} have a NaN or infinite {column!r} "
+            f"coordinate. {advice}"
+        )
+        raise ValueError(msg)
 
 
 @dataclass
@@ -97,7 +109,7 @@ class TranscriptChecks:
 
     def check(self, n_points: int, *, source: str) -> None:
         """Raise ValueError for non-finite coordinates, then for missing feature names, among ``n_points``."""
-        check_nonfinite_counts(self.nonfinite, n_points, source=source)
+        check_nonfinite_counts(self.nonfinite, n_points, source=source, in_file=True)
         if self.n_missing_names:
             msg = (
                 f"{self.n_missing_names} of {n_points} transcripts in {source} have no {self.name_column!r} "
