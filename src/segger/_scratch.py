@@ -56,9 +56,9 @@ class ArrayStore:
     def outputs(self) -> ArrayStore:
         """Return a store for arrays that the results read after the run, in a new folder beside this one.
 
-        The folder is not deleted with this store's: :meth:`remove_with` ties it to the object
-        that reads the arrays, and :meth:`remove` deletes it at once. A store without a folder
-        returns another store without one.
+        Unlike this store's folder, it is not deleted when the run ends: :meth:`remove_with` ties
+        it to the object that reads the arrays, and :meth:`remove` deletes it at once. A store
+        without a folder returns another store without one.
         """
         if self.folder is None:
             return ArrayStore()
@@ -70,7 +70,7 @@ class ArrayStore:
             weakref.finalize(owner, shutil.rmtree, self.folder, ignore_errors=True)
 
     def remove(self) -> None:
-        """Delete the folder and its files; on Linux and macOS, arrays mapped from them stay readable."""
+        """Delete the folder and its files. On Linux and macOS, arrays mapped from them stay readable."""
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
 

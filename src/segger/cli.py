@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write("segger: terminated by SIGTERM\n")
             return EXIT_TERMINATED
         finally:
-            # The folder in --scratch-dir that the new points columns are read from is deleted
-            # when the segmented object is garbage-collected, and reference cycles hold that object.
+            # The folder in --scratch-dir that the new points columns are read from is deleted when
+            # the segmented object is garbage-collected, and reference cycles keep that object alive.
             gc.collect()
     return EXIT_OK
 
@@ -377,13 +377,7 @@ def _segment_command(args: argparse.Namespace) -> None:
     save_file = _save_model_path(options.get("save_model"), source, output, overwrite=args.overwrite)
     _check_device(args.device)
     if args.scratch_dir is not None:
-        scratch = check_scratch_dir(args.scratch_dir, option="--scratch-dir").resolve()
-        if source is not None and (scratch == source or source in scratch.parents):
-            msg = (
-                f"--scratch-dir {args.scratch_dir!r} is inside INPUT, which segger only reads. Choose a "
-                "scratch folder outside INPUT."
-            )
-            raise UsageError(msg)
+        _check_scratch_outside_input(args.scratch_dir, source)
 
     model = _load_model(model_file) if model_file is not None else None
     sdata = _read_input(source, random_state=args.seed, pixel_size=args.pixel_size)
@@ -472,6 +466,14 @@ def _output_path(value: str, source: Path | None, *, overwrite: bool) -> Path:
             )
             raise UsageError(msg)
     return output
+
+
+def _check_scratch_outside_input(value: str, source: Path | None) -> None:
+    """Check --scratch-dir as a scratch folder, and raise UsageError when it lies inside INPUT."""
+    scratch = check_scratch_dir(value, option="--scratch-dir").resolve()
+    if source is not None and (scratch == source or source in scratch.parents):
+        msg = f"--scratch-dir {value!r} is inside INPUT, which segger only reads. Choose a scratch folder outside INPUT."
+        raise UsageError(msg)
 
 
 def _check_training_options(options: dict[str, Any]) -> Path | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,9 +140,7 @@ def scan_transcripts_csv(
 def _warn_if_cut_off(file: Path) -> None:
     """Log a warning when ``file`` does not end with a line break, a sign that it was cut off."""
     with open(file, "rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        size = handle.tell()
-        handle.seek(max(0, size - 200))
+        handle.seek(max(0, file.stat().st_size - 200))
         tail = handle.read()
     if tail.endswith(b"\n"):
         return

@@ -275,8 +275,8 @@ def _similar_neighbours(
     n = len(positions)
     k_query = min(k + 1, n)
     tree = cKDTree(positions)
-    # The norms are computed a block at a time and the embeddings divided only where gathered,
-    # so that no second copy of all embeddings is made; `embeddings` may be a memory map.
+    # `embeddings` may be a memory map. Norms are computed a block at a time, and rows are divided
+    # by them only where gathered, so no normalised copy of all embeddings is made.
     norms = np.empty(n, dtype=np.result_type(embeddings.dtype, np.float32))
     for block in row_blocks(n):
         norms[block] = np.maximum(np.linalg.norm(embeddings[block], axis=1), 1e-12)

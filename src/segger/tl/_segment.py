@@ -575,8 +575,8 @@ def _segment(
         time.perf_counter() - phase,
     )
 
-    # The two new points columns are read whenever the points element is computed or written,
-    # so with a scratch folder they go to a folder of their own that lives as long as the element.
+    # The points element reads the two new columns whenever it is computed or written, so with a
+    # scratch folder they go to a folder of their own, which lives as long as the element.
     outputs = store.outputs()
     try:
         cells, scores, prior_ids = _cells(
@@ -756,7 +756,7 @@ class _TileResults:
         self.predicted = np.zeros(n_transcripts, dtype=bool)
         self.embedding_size = embedding_size
         self.store = store
-        # Appended in the order that tiles finish; sorted by transcript in `finish`.
+        # Appended in the order that tiles finish, and sorted by transcript in `finish`.
         self.leftover = store.column("leftover_unsorted")
         self.embeddings = store.column("leftover_embeddings_unsorted")
         self.n_links = 0
@@ -803,8 +803,8 @@ class _TileResults:
         leftover = unsorted[order]
         del unsorted
 
-        # Gathered a block at a time, so that in memory at most two copies of the embeddings
-        # exist, and on disk only one block of them is held.
+        # Gathered a block at a time, so at most two copies of the embeddings are in memory, or
+        # only one block of them with a scratch folder.
         ordered = self.store.empty("leftover_embeddings", embeddings.shape, embeddings.dtype)
         for block in row_blocks(len(order)):
             ordered[block] = embeddings[order[block]]

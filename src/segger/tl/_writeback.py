@@ -699,7 +699,7 @@ def _points_with_columns(
 
     The result keeps the element's partitions, divisions and attrs. Nothing is computed here:
     each partition gets its slice of the columns when it is computed or written. The folder of
-    ``outputs``, which holds the columns' arrays, is deleted with the function that reads them.
+    ``outputs``, which contains the columns' arrays, is deleted with the function that reads them.
     """
     if sum(partition_lengths) != len(cells.codes) or len(partition_lengths) != points.npartitions:
         msg = (
