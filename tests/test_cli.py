@@ -5,16 +5,19 @@ import logging
 import signal
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import shapely
 import spatialdata
 
 import segger as sg
 from segger.cli import _staged, main
+from segger.io._zarr import write_zarr
 
 FAST = ["--max-epochs", "2", "--no-progress"]
 
@@ -128,6 +131,28 @@ def test_segment_zarr_keeps_input_elements(zarr_input, toy_sdata, tmp_path):
     expected = toy_sdata.points["transcripts"].compute()
     np.testing.assert_array_equal(points["transcript_id"].to_numpy(), expected["transcript_id"].to_numpy())
     assert "segger_cell_id" not in toy_sdata.points["transcripts"].columns
+
+
+def test_large_shapes_written_in_chunks(zarr_input, toy_sdata, tmp_path, monkeypatch):
+    monkeypatch.setattr("segger.cli.write_zarr", partial(write_zarr, chunk_rows=8))
+    output = tmp_path / "out.zarr"
+
+    status = main(["segment", str(zarr_input), "-o", str(output), *FAST, "-q"])
+
+    assert status == 0
+    written = check_segmentation(output)
+    for name in ("nucleus_boundaries", "segger_boundaries"):
+        row_groups = pq.ParquetFile(output / "shapes" / name / "shapes.parquet").num_row_groups
+        assert row_groups == -(-len(written[name]) // 8)
+    nuclei, expected = written["nucleus_boundaries"], toy_sdata["nucleus_boundaries"]
+    assert nuclei.index.equals(expected.index)
+    np.testing.assert_array_equal(
+        shapely.to_wkb(nuclei.geometry.array), shapely.to_wkb(expected.geometry.array)
+    )
+    table = written.tables["segger_table"]
+    instance_key = table.uns["spatialdata_attrs"]["instance_key"]
+    assert sorted(table.obs[instance_key]) == sorted(written["segger_boundaries"].index)
+    assert shapely.is_valid(written["segger_boundaries"].geometry.array).all()
 
 
 def test_existing_output_rejected(zarr_input, tmp_path, capsys):
@@ -435,16 +460,23 @@ def test_toy_when_input_omitted(tmp_path):
 
 
 @pytest.mark.slow
-def test_segment_real_xenium_crop(xenium_lung_path, tmp_path, capsys):
+def test_segment_real_xenium_crop(xenium_lung_path, tmp_path, capsys, monkeypatch):
     before = folder_digest(xenium_lung_path)
     output = tmp_path / "lung.zarr"
+    # Small chunks, so that the crop's shapes take the path of a whole slide's.
+    monkeypatch.setattr("segger.cli.write_zarr", partial(write_zarr, chunk_rows=64))
 
     status = main(["segment", str(xenium_lung_path), "-o", str(output), *FAST])
 
     assert status == 0, capsys.readouterr().err
     assert folder_digest(xenium_lung_path) == before
     sdata = check_segmentation(output)
-    assert "nucleus_boundaries" in sdata.shapes
+    nuclei, expected = sdata["nucleus_boundaries"], sg.io.xenium(xenium_lung_path)["nucleus_boundaries"]
+    assert nuclei.index.equals(expected.index)
+    np.testing.assert_array_equal(
+        shapely.to_wkb(nuclei.geometry.array), shapely.to_wkb(expected.geometry.array)
+    )
+    assert pq.ParquetFile(output / "shapes" / "nucleus_boundaries" / "shapes.parquet").num_row_groups > 1
     assert leftovers(tmp_path) == []
 
 
