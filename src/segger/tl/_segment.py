@@ -25,6 +25,7 @@ from spatialdata import SpatialData
 from tqdm.auto import tqdm
 
 from .. import _constants as C
+from .._gc import existing_objects_frozen
 from .._grouping import row_blocks
 from .._memory import release_freed_memory
 from .._scratch import ArrayStore, MappedArray, file_size, open_mapped
@@ -92,6 +93,7 @@ def _deterministic_torch() -> Iterator[None]:
 
 
 @_deterministic_torch()
+@existing_objects_frozen()
 def segger_fit(
     sdata: SpatialData,
     *,
@@ -389,6 +391,7 @@ def segger_fit(
 
 
 @_deterministic_torch()
+@existing_objects_frozen()
 def segger_predict(
     sdata: SpatialData,
     model: Segger,
