@@ -85,6 +85,44 @@ def test_failed_tile_names_tile(fitted, client, monkeypatch):
     assert "broken_cell_id" not in sdata.points["transcripts"].columns
 
 
+def test_tasks_freeze_worker_objects(fitted, client, monkeypatch, tmp_path):
+    sdata, model = fitted
+    record = tmp_path / "freeze_counts.txt"
+
+    def task_recording_freeze(tile, **kwargs):
+        import gc
+
+        from segger.tl import _segment
+
+        predict = _segment.predict_tile
+
+        def predict_and_record(*args, **options):
+            with record.open("a") as file:
+                file.write(f"during {gc.get_freeze_count()}\n")
+            return predict(*args, **options)
+
+        _segment.predict_tile = predict_and_record
+        try:
+            return _segment._predict_tile_task(tile, **kwargs)
+        finally:
+            _segment.predict_tile = predict
+            with record.open("a") as file:
+                file.write(f"after {gc.get_freeze_count()}\n")
+
+    monkeypatch.setattr("segger.tl._segment._predict_tile_task", task_recording_freeze)
+    sg.tl.segger_predict(sdata, model, key_added="frozen", client=client, progress=False)
+
+    lines = [line.split() for line in record.read_text().splitlines()]
+    during = [int(count) for moment, count in lines if moment == "during"]
+    after = [int(count) for moment, count in lines if moment == "after"]
+    assert len(during) > 1
+    assert len(after) == len(during)
+    assert min(during) > 0
+    assert max(after) == 0
+    points = sdata.points["transcripts"].compute()
+    pd.testing.assert_series_equal(points["frozen_cell_id"], points["segger_cell_id"], check_names=False)
+
+
 def test_dead_worker_names_tile(fitted, monkeypatch):
     sdata, model = fitted
     columns = list(sdata.points["transcripts"].columns)

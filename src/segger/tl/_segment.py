@@ -1052,18 +1052,20 @@ def _predict_tile_task(
 
     This is the Dask task of both the local and the distributed path. ``model_lock``, when
     given, is held while the model runs, so that tasks in threads sharing one GPU run it one at
-    a time.
+    a time. On a Dask worker, the worker's objects are frozen for the garbage collector during
+    the task, as :func:`segger_predict` freezes the caller's.
     """
     try:
-        # On a Dask worker, the arrays may arrive as references to the scratch files.
-        inputs, tile_index = open_mapped(inputs), open_mapped(tile_index)
-        cut = tile_index.tile(tile, inputs.positions[:, :2], inputs.shape_centroids)
-        data = build_tile_graph(inputs, cut, settings)
-        del cut
-        with model_lock or nullcontext(), _one_torch_thread(), torch.inference_mode():
-            prediction = predict_tile(model, data, k_bd=settings.k_bd, device=device)
-        del data
-        return _choose_in_tile(prediction, inputs.positions, polygons, rule)
+        with existing_objects_frozen():
+            # On a Dask worker, the arrays may arrive as references to the scratch files.
+            inputs, tile_index = open_mapped(inputs), open_mapped(tile_index)
+            cut = tile_index.tile(tile, inputs.positions[:, :2], inputs.shape_centroids)
+            data = build_tile_graph(inputs, cut, settings)
+            del cut
+            with model_lock or nullcontext(), _one_torch_thread(), torch.inference_mode():
+                prediction = predict_tile(model, data, k_bd=settings.k_bd, device=device)
+            del data
+            return _choose_in_tile(prediction, inputs.positions, polygons, rule)
     except Exception as error:
         error.add_note(
             f"Raised while predicting segger tile {tile}, core bounds {tile_index.grid.bounds(tile)} µm."
