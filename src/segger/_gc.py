@@ -15,10 +15,9 @@ def existing_objects_frozen() -> Iterator[None]:
     spatialdata are imported there are about 600,000, which took 0.25 s per collection on a
     2-core machine. Prediction makes short-lived objects, shapely points above all, fast enough
     to start a full collection about once a second, so these visits took a fifth of a
-    prediction's time. Frozen
-    objects are still freed by reference counting, and cycles among them are collected after
-    exit. Nothing is frozen when the collector is disabled, or when the caller has frozen
-    objects itself, because leaving this block would unfreeze those too.
+    prediction's time. Frozen objects are still freed by reference counting, and cycles among
+    them are collected after exit. Nothing is frozen when the collector is disabled, or when the
+    caller has frozen objects itself, because leaving this block would unfreeze those too.
     """
     if not gc.isenabled() or gc.get_freeze_count() > 0:
         yield

@@ -2,10 +2,10 @@
 
 spatialdata writes a shapes element with :meth:`geopandas.GeoDataFrame.to_parquet`, which
 encodes every polygon to WKB before it writes the first byte: for the cell polygons of a whole
-slide, that briefly keeps a second copy of all of them in memory. Here spatialdata writes the store with
-the first row of each large shapes element in its place, which gives the element's folder, its
-metadata and geopandas' GeoParquet schema, and the rows are then written to that element's
-parquet file a chunk at a time. Reading the store gives the same elements as
+slide, that briefly keeps a second copy of all of them in memory. Here spatialdata writes the
+store with the first row of each large shapes element in its place, which gives the element's
+folder, its metadata and geopandas' GeoParquet schema. The rows are then written to that
+element's parquet file a chunk at a time. Reading the store gives the same elements as
 :meth:`spatialdata.SpatialData.write` would, except that a :class:`pandas.RangeIndex` of shapes
 is read back as integers.
 """
