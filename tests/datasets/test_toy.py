@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ast
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,7 @@ import pandas as pd
 import pytest
 import shapely
 from geopandas.testing import assert_geodataframe_equal
+from scipy.spatial import cKDTree
 
 import segger as sg
 from segger import _constants as C
@@ -278,3 +280,32 @@ def test_module_avoids_torch():
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module)
     assert not any(name.split(".")[0] == "torch" for name in imported)
+
+
+def test_coincident_seeds_get_no_nucleus(caplog):
+    rng = np.random.default_rng(0)
+    cells = _toy._place_cells(40, _toy._TYPES, rng)
+    cells.centre[1] = cells.centre[0]
+    cells.tree = cKDTree(cells.centre)
+
+    with caplog.at_level(logging.INFO, logger="segger"):
+        nuclei = _toy._draw_nuclei(cells, _toy._TYPES, missing_share=0.0, rng=rng)
+
+    assert 0 not in nuclei.cell
+    assert 1 not in nuclei.cell
+    assert len(nuclei.cell) == 38
+    assert shapely.area(nuclei.polygons).min() > 0
+    assert "2 cells share their seed with another cell" in caplog.text
+
+
+@pytest.mark.slow
+def test_large_toy_with_coincident_seeds():
+    # Lloyd relaxation moves two seeds of this tissue onto one point.
+    sdata = sg.datasets.toy(n_cells=12000, random_state=0)
+
+    nuclei = sdata.shapes["nucleus_boundaries"]
+    points = _points(sdata)
+    assert len(nuclei) == 10_798
+    assert shapely.area(nuclei.geometry.array).min() > 0
+    assert len(points) == 1_261_732
+    assert set(points[C.CELL_ID].dropna()) <= set(nuclei.index)

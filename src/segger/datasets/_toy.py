@@ -39,6 +39,8 @@ _CHUNK = 250_000
 # Nuclei measured per point before falling back to shapely, and point-polygon pairs per batch.
 _N_NUCLEUS_CANDIDATES = 8
 _PAIR_CHUNK = 50_000
+# Smallest contact scale (a share of the cell's semi-axes) at which a cell still gets a nucleus.
+_MIN_NUCLEUS_SCALE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -396,6 +398,11 @@ def _draw_nuclei(
 
     # 0.9 leaves a margin because the contact scale is an upper bound.
     scale = 0.9 * _contact_scale(cells)[cell]
+    # Lloyd relaxation can move two seeds onto one point, which leaves no room for a nucleus.
+    has_room = scale > _MIN_NUCLEUS_SCALE
+    if not has_room.all():
+        logger.info("%d cells share their seed with another cell and get no nucleus.", int((~has_room).sum()))
+        cell, scale = cell[has_room], scale[has_room]
     code = cells.type_code[cell]
     axes = np.array([cell_type.nucleus_axes for cell_type in types])[code]
     sign = rng.choice([-1.0, 1.0], size=len(cell))
