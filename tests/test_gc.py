@@ -71,3 +71,18 @@ def test_predict_runs_tiles_frozen(collector_restored, monkeypatch):
     assert counts[0] > 0
     assert gc.get_freeze_count() == 0
     assert sdata.points["transcripts"]["again_cell_id"].compute().notna().any()
+
+
+def test_nested_block_skips_count(collector_restored, monkeypatch):
+    with existing_objects_frozen():
+        frozen = gc.get_freeze_count()
+        calls = []
+        monkeypatch.setattr(gc, "get_freeze_count", lambda: calls.append(1) or frozen)
+        with existing_objects_frozen():
+            pass
+        monkeypatch.undo()
+        after_inner = gc.get_freeze_count()
+
+    assert calls == []
+    assert after_inner == frozen
+    assert gc.get_freeze_count() == 0

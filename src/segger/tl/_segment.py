@@ -982,6 +982,7 @@ def _predict_tiles_on_client(
         inputs=inputs_future,
         polygons=polygons_future,
         tile_index=index_future,
+        freeze_objects=True,
         pure=False,
     )
     added = set()
@@ -1047,16 +1048,18 @@ def _predict_tile_task(
     rule: _AssignmentRule,
     device: torch.device | str = "cpu",
     model_lock: AbstractContextManager | None = None,
+    freeze_objects: bool = False,
 ) -> _TileResult:
     """Cut tile ``tile`` out of ``tile_index``, build its graph, predict it and choose its core transcripts' shapes.
 
     This is the Dask task of both the local and the distributed path. ``model_lock``, when
     given, is held while the model runs, so that tasks in threads sharing one GPU run it one at
-    a time. On a Dask worker, the worker's objects are frozen for the garbage collector during
-    the task, as :func:`segger_predict` freezes the caller's.
+    a time. With ``freeze_objects``, which the distributed path sets, the worker's objects are
+    frozen for the garbage collector during the task, as :func:`segger_predict` freezes the
+    caller's.
     """
     try:
-        with existing_objects_frozen():
+        with existing_objects_frozen() if freeze_objects else nullcontext():
             # On a Dask worker, the arrays may arrive as references to the scratch files.
             inputs, tile_index = open_mapped(inputs), open_mapped(tile_index)
             cut = tile_index.tile(tile, inputs.positions[:, :2], inputs.shape_centroids)
