@@ -6,7 +6,7 @@ size and writer, a fresh process builds a SpatialData with that one element and 
 memory to the system. It then writes the element to a new zarr store with ``SpatialData.write``,
 which encodes every polygon to WKB at once, or with the ``segger`` command's writer
 (``segger.io._zarr.write_zarr``), which encodes ``SHAPES_CHUNK_ROWS`` rows at a time. A thread
-samples ``RssAnon`` every 5 ms during the write. The chunked store is read back and compared
+samples ``RssAnon`` every 10 ms during the write. The chunked store is read back and compared
 with the element polygon by polygon.
 
 Usage::
@@ -24,19 +24,17 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from _markdown import replace_section
 from run_segmentation import DEFAULT_CACHE, machine_facts, markdown_table, synthetic_stores
-from scratch_memory import read_status
+from scratch_memory import StatusSampler, read_status
 
 logger = logging.getLogger("segger_benchmark")
 
 WRITERS = ("SpatialData.write", "segger chunked writer")
-SAMPLE_SECONDS = 0.005
 GAP_UM = 50.0
 
 
@@ -74,7 +72,8 @@ def measure(store: Path, copies: int, writer: str) -> dict[str, Any]:
     sdata = spatialdata.SpatialData(shapes={"nuclei": repeated_nuclei(store, copies)})
     gc.collect()
     release_freed_memory()
-    sampler = PeakSampler()
+    memory_before = read_status(("RssAnon",))["RssAnon"]
+    sampler = StatusSampler()
     with tempfile.TemporaryDirectory(prefix="segger-shapes-") as folder:
         target = Path(folder) / "shapes.zarr"
         with sampler:
@@ -95,35 +94,10 @@ def measure(store: Path, copies: int, writer: str) -> dict[str, Any]:
     return {
         "n_polygons": len(sdata.shapes["nuclei"]),
         "seconds": seconds,
-        "start": sampler.start,
-        "added": sampler.peak - sampler.start,
+        "start": memory_before,
+        "added": max(sampler.peaks["RssAnon"], memory_before) - memory_before,
         "read_back_equal": equal,
     }
-
-
-class PeakSampler:
-    """Sample ``RssAnon`` in a thread and keep its value at the start and its peak."""
-
-    def __init__(self) -> None:
-        self.start = 0
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> PeakSampler:
-        self.start = self.peak = read_status(("RssAnon",))["RssAnon"]
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, read_status(("RssAnon",))["RssAnon"])
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, read_status(("RssAnon",))["RssAnon"])
-            time.sleep(SAMPLE_SECONDS)
 
 
 def run_worker(store: Path, copies: int, writer: str) -> dict[str, Any]:
@@ -161,7 +135,7 @@ def report(results: dict[int, dict[str, dict[str, Any]]]) -> str:
         "Each cell is a fresh process that holds one shapes element, the 42,750 nuclei of the 5m "
         "store repeated side by side, and writes it to a new zarr store. *Memory added* is the "
         "peak of `RssAnon` during the write minus its value just before, after freed memory was "
-        "returned to the system, sampled every 5 ms. `SpatialData.write` encodes every polygon "
+        "returned to the system, sampled every 10 ms. `SpatialData.write` encodes every polygon "
         "to WKB at once, so its figure grows with the polygons. The `segger` command writes "
         "shapes elements with `segger.io._zarr.write_zarr`, which encodes 10,000 rows at a time. "
         "*Read back equal* compares the chunked store's polygons (as WKB) and ids with the element "
