@@ -75,7 +75,7 @@ def write_zarr(
 def write_geoparquet(shapes: gpd.GeoDataFrame, file: Path, *, chunk_rows: int = SHAPES_CHUNK_ROWS) -> None:
     """Replace GeoParquet ``file`` by the rows of ``shapes``, encoded and written ``chunk_rows`` at a time.
 
-    ``file`` must already hold geopandas' WKB encoding of a frame with the same columns, such as
+    ``file`` must already contain geopandas' WKB encoding of a frame with the same columns, such as
     the first row of ``shapes``: its schema and ``geo`` metadata are kept, with the bounding box and
     geometry types updated to all rows. The new file is written beside it and renamed over it
     once complete.
