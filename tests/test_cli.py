@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gzip
 import hashlib
 import logging
 import signal
@@ -494,6 +495,30 @@ def test_segment_real_merscope_crop(merscope_ovarian_path, tmp_path, capsys, cap
     sdata = check_segmentation(output)
     assert sdata.tables["segger_table"].uns["segger"]["params"]["shapes_key"] == "cell_boundaries"
     assert leftovers(tmp_path) == []
+
+
+def test_segment_gzipped_merscope_crop_with_scratch_dir(merscope_ovarian_path, tmp_path, capsys, caplog):
+    folder = tmp_path / "gzipped"
+    folder.mkdir()
+    (folder / "cell_boundaries").symlink_to(merscope_ovarian_path / "cell_boundaries")
+    with gzip.open(folder / "detected_transcripts.csv.gz", "wb") as handle:
+        handle.write((merscope_ovarian_path / "detected_transcripts.csv").read_bytes())
+    before = folder_digest(folder)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    output = tmp_path / "ovary.zarr"
+
+    with caplog.at_level(logging.INFO, logger="segger"):
+        status = main(["segment", str(folder), "-o", str(output), "--scratch-dir", str(scratch), *FAST])
+
+    assert status == 0, capsys.readouterr().err
+    assert "Decompressed detected_transcripts.csv.gz" in caplog.text
+    assert folder_digest(folder) == before
+    assert list(scratch.iterdir()) == []
+    sdata = check_segmentation(output)
+    written = sdata.points["transcripts"].compute()
+    expected = sg.io.merscope(merscope_ovarian_path).points["transcripts"].compute()
+    pd.testing.assert_frame_equal(written[expected.columns], expected)
 
 
 def test_segment_real_cosmx_crop(cosmx_lung_path, tmp_path, capsys, caplog):

@@ -201,11 +201,17 @@ def file_size(path: str) -> int:
         return -1
 
 
-def check_scratch_dir(scratch_dir: str | PathLike[str], *, option: str = "scratch_dir") -> Path:
+def check_scratch_dir(
+    scratch_dir: str | PathLike[str],
+    *,
+    option: str = "scratch_dir",
+    without: str = "keep the per-transcript arrays in memory",
+) -> Path:
     """Return ``scratch_dir`` as a path, with ``~`` expanded, after checking that it is a writable folder.
 
     ``option`` names the setting in messages: ``"scratch_dir"`` for the Python functions, or
-    a command-line flag such as ``"--scratch-dir"``.
+    a command-line flag such as ``"--scratch-dir"``. ``without`` says what happens without the
+    setting, to end the messages.
 
     Raises
     ------
@@ -218,7 +224,7 @@ def check_scratch_dir(scratch_dir: str | PathLike[str], *, option: str = "scratc
         setting, skip = f"{option} {scratch_dir!r}", f"leave out {option}"
     else:
         setting, skip = f"{option}={scratch_dir!r}", f"pass {option}=None"
-    keep = f"{skip} to keep the per-transcript arrays in memory"
+    keep = f"{skip} to {without}"
     path = os.fspath(scratch_dir) if isinstance(scratch_dir, str | os.PathLike) else None
     if not isinstance(path, str):
         msg = f"{setting} is not a folder path; give a str or pathlib.Path, or {keep}."

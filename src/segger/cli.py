@@ -350,7 +350,8 @@ def _add_segment_command(commands: argparse._SubParsersAction) -> None:
         help=(
             "Keep the per-transcript arrays and the two new points columns as memory-mapped files "
             "in new folders inside DIR, deleted before segger exits. DIR needs about 80 bytes per "
-            "transcript (default: in memory)."
+            "transcript. A gzipped MERSCOPE or CosMx transcripts file is decompressed there too, "
+            "and read in blocks instead of whole (default: in memory)."
         ),
     )
     run.add_argument(
@@ -381,7 +382,9 @@ def _segment_command(args: argparse.Namespace) -> None:
         _check_scratch_outside_input(args.scratch_dir, source)
 
     model = _load_model(model_file) if model_file is not None else None
-    sdata = _read_input(source, random_state=args.seed, pixel_size=args.pixel_size)
+    sdata = _read_input(
+        source, random_state=args.seed, pixel_size=args.pixel_size, scratch_dir=args.scratch_dir
+    )
     options["shapes_key"] = _prior_shapes_key(sdata, args.shapes_key)
     _check_outputs_absent(
         sdata, points_key=args.points_key, key_added=args.key_added, overwrite=args.overwrite
@@ -535,7 +538,9 @@ def _load_model(path: Path) -> Segger:
         raise ValueError(msg) from error
 
 
-def _read_input(source: Path | None, *, random_state: int, pixel_size: float) -> SpatialData:
+def _read_input(
+    source: Path | None, *, random_state: int, pixel_size: float, scratch_dir: str | None
+) -> SpatialData:
     if source is None:
         logger.info("No INPUT given; segmenting the synthetic tissue of segger.datasets.toy().")
         return datasets.toy(random_state=random_state)
@@ -548,10 +553,10 @@ def _read_input(source: Path | None, *, random_state: int, pixel_size: float) ->
         return io.xenium(source)
     if any((source / name).is_file() for name in MERSCOPE_TRANSCRIPT_FILES):
         logger.info("Reading the MERSCOPE folder %s.", source)
-        return io.merscope(source)
+        return io.merscope(source, scratch_dir=scratch_dir)
     if any(any(source.glob(pattern)) for pattern in COSMX_TRANSCRIPT_PATTERNS):
         logger.info("Reading the CosMx folder %s at %g µm per pixel.", source, pixel_size)
-        return io.cosmx(source, pixel_size=pixel_size)
+        return io.cosmx(source, pixel_size=pixel_size, scratch_dir=scratch_dir)
 
     msg = (
         f"INPUT {str(source)!r} is neither a SpatialData zarr store (a .zarr folder, or one with zarr "

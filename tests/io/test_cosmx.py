@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import gc
+import gzip
 import logging
 
 import numpy as np
@@ -488,6 +490,38 @@ def test_cosmx_lung_crop_parquet_equals_csv(tmp_path):
     for key in from_csv.shapes:
         assert from_parquet.shapes[key].index.equals(from_csv.shapes[key].index)
         assert from_parquet.shapes[key].geom_equals(from_csv.shapes[key]).all()
+
+
+def test_cosmx_gzipped_crop_in_blocks_with_scratch_dir(tmp_path, monkeypatch, caplog):
+    folder = shared_dataset("cosmx_lung9_sample1")
+    gzipped = tmp_path / "gzipped"
+    gzipped.mkdir()
+    for name in ("CellLabels", "fov_positions_file.csv"):
+        (gzipped / name).symlink_to(folder / name)
+    with gzip.open(gzipped / "tx_file.csv.gz", "wb") as handle:
+        handle.write((folder / "tx_file.csv").read_bytes())
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr("segger.io._csv.BYTES_PER_BLOCK", 200_000)
+    plain = sg.io.cosmx(folder)
+
+    with caplog.at_level(logging.INFO, logger="segger"):
+        sdata = sg.io.cosmx(gzipped, scratch_dir=scratch)
+
+    element = sdata.points["transcripts"]
+    # As from the plain file, of 2.2 MB.
+    assert element.npartitions == 12
+    assert "Decompressed tx_file.csv.gz" in caplog.text
+    assert "CellLabels_F001.tif: 98.3 % of the 15745 assigned transcripts" in caplog.text
+    pd.testing.assert_frame_equal(element.compute(), plain.points["transcripts"].compute())
+    assert list(sdata.shapes) == list(plain.shapes)
+    for key in plain.shapes:
+        assert sdata.shapes[key].index.equals(plain.shapes[key].index)
+        assert sdata.shapes[key].geom_equals(plain.shapes[key]).all()
+
+    del sdata, element
+    gc.collect()
+    assert list(scratch.iterdir()) == []
 
 
 def test_cosmx_parquet_without_rows(tmp_path):

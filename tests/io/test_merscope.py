@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import gzip
 import logging
 
@@ -458,6 +459,90 @@ def test_merscope_ovarian_crop_parquet_equals_csv(tmp_path):
     assert element.npartitions == 4
     pd.testing.assert_frame_equal(element.compute(), from_csv.points["transcripts"].compute())
     assert from_parquet.shapes["cell_boundaries"].geom_equals(from_csv.shapes["cell_boundaries"]).all()
+
+
+# Gzipped detected_transcripts.csv.gz
+
+
+def gzip_transcripts(source, folder):
+    """Write ``source``'s detected_transcripts.csv gzipped into ``folder``, with links to its cell polygons."""
+    folder.mkdir()
+    (folder / "cell_boundaries").mkdir()
+    for file in (source / "cell_boundaries").iterdir():
+        (folder / "cell_boundaries" / file.name).symlink_to(file)
+    with gzip.open(folder / "detected_transcripts.csv.gz", "wb") as handle:
+        handle.write((source / "detected_transcripts.csv").read_bytes())
+    return folder
+
+
+def test_merscope_gzipped_crop_in_blocks_with_scratch_dir(tmp_path, monkeypatch, caplog):
+    folder = shared_dataset("merscope_ovarian_subset")
+    gzipped = gzip_transcripts(folder, tmp_path / "gzipped")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr("segger.io._csv.BYTES_PER_BLOCK", 100_000)
+
+    with caplog.at_level(logging.INFO, logger="segger"):
+        sdata = sg.io.merscope(gzipped, scratch_dir=scratch)
+
+    element = sdata.points["transcripts"]
+    # As from the plain file, of 1.17 MB.
+    assert element.npartitions == 12
+    (copy,) = scratch.iterdir()
+    assert [file.name for file in copy.iterdir()] == ["detected_transcripts.csv"]
+    assert "Decompressed detected_transcripts.csv.gz" in caplog.text
+    assert "8322 transcripts (54.9 %) lie inside a polygon" in caplog.text
+    pd.testing.assert_frame_equal(element.compute(), read_eagerly(folder))
+
+    # A frame derived from the element still reads the copy after the element is gone.
+    derived = element[["x", "y", "feature_name"]]
+    del sdata, element
+    gc.collect()
+    assert len(derived.compute()) == 15_160
+    del derived
+    gc.collect()
+    assert list(scratch.iterdir()) == []
+
+
+def test_merscope_gzipped_read_whole_without_scratch_dir(tmp_path, caplog):
+    folder = write_folder(tmp_path)
+    transcripts = folder / "detected_transcripts.csv"
+    with gzip.open(folder / "detected_transcripts.csv.gz", "wb") as handle:
+        handle.write(transcripts.read_bytes())
+    transcripts.unlink()
+
+    with caplog.at_level(logging.INFO, logger="segger"):
+        element = sg.io.merscope(folder).points["transcripts"]
+
+    assert "Reading the gzipped detected_transcripts.csv.gz whole into memory" in caplog.text
+    assert element.npartitions == 1
+    assert len(element.compute()) == 6
+
+
+def test_merscope_gzipped_bad_rows_leave_scratch_dir_empty(tmp_path, monkeypatch):
+    monkeypatch.setattr("segger.io._csv.BYTES_PER_BLOCK", 1)
+    transcripts = make_transcripts()
+    transcripts.loc[3, "gene"] = ""
+    folder = tmp_path / "input"
+    folder.mkdir()
+    write_folder(folder, transcripts)
+    with gzip.open(folder / "detected_transcripts.csv.gz", "wb") as handle:
+        handle.write((folder / "detected_transcripts.csv").read_bytes())
+    (folder / "detected_transcripts.csv").unlink()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+
+    with pytest.raises(
+        ValueError, match=r"1 of 6 transcripts in detected_transcripts\.csv have no 'gene' value"
+    ):
+        sg.io.merscope(folder, scratch_dir=scratch)
+
+    assert list(scratch.iterdir()) == []
+
+
+def test_merscope_missing_scratch_dir(tmp_path):
+    with pytest.raises(ValueError, match=r"scratch_dir=.* is not an existing folder"):
+        sg.io.merscope(write_folder(tmp_path), scratch_dir=tmp_path / "absent")
 
 
 def test_merscope_parquet_missing_column(tmp_path):

@@ -9,6 +9,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from functools import partial
+from os import PathLike
 from pathlib import Path
 
 import dask.dataframe as dd
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .. import _constants as C
 from ._csv import CsvBlock, CsvLayout
+from ._gzip import check_reader_scratch_dir, is_gzipped, log_read_whole, readable_file
 from ._parquet import ParquetLayout, RowGroup, scan_transcript_file
 from ._shapes import merge_polygons_by_id
 from ._spatialdata import (
@@ -67,6 +69,7 @@ def cosmx(
     min_nuclear_transcripts: int = 3,
     cell_labels: bool = True,
     min_mask_agreement: float = 0.9,
+    scratch_dir: str | PathLike[str] | None = None,
 ) -> SpatialData:
     """Read a CosMx flat-file export folder.
 
@@ -94,6 +97,10 @@ def cosmx(
     min_mask_agreement
         Minimum share of a mask's assigned transcripts whose pixel carries their own
         ``cell_ID`` for the mask to be used.
+    scratch_dir
+        Existing folder into which a gzipped ``*tx_file.csv.gz`` is decompressed, so that it is
+        read in blocks like a plain file (see Notes). ``None`` reads a gzipped file whole into
+        memory.
 
     Returns
     -------
@@ -143,8 +150,10 @@ def cosmx(
     A plain ``*tx_file.csv`` or a ``*tx_file.parquet`` is read lazily (see
     :func:`read_transcripts_lazily`): one pass checks it and keeps the columns that the nuclei
     and the masks need, and the points element reads each block of about 16 MB, or each Parquet
-    row group, again when computed. A gzipped file is read whole, because it cannot be read
-    from the middle.
+    row group, again when computed. A gzipped file cannot be read from the middle: with
+    ``scratch_dir`` it is first decompressed into a new folder ``segger-input-*`` there, which
+    is deleted once the points element is garbage-collected or Python exits, and read from there
+    in blocks. Without, it is read whole.
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -159,11 +168,15 @@ def cosmx(
     if not 0.0 <= min_mask_agreement <= 1.0:
         msg = f"min_mask_agreement must lie between 0 and 1; got {min_mask_agreement!r}."
         raise ValueError(msg)
+    scratch_dir = check_reader_scratch_dir(scratch_dir)
 
     transcripts_file = _find_one(folder, TRANSCRIPT_PATTERNS, required=True)
-    if transcripts_file.name.endswith((".csv", ".parquet")):
-        points, shape_inputs = read_transcripts_lazily(transcripts_file, pixel_size=pixel_size, z_step=z_step)
+    if not is_gzipped(transcripts_file) or scratch_dir is not None:
+        points, shape_inputs = read_transcripts_lazily(
+            transcripts_file, pixel_size=pixel_size, z_step=z_step, scratch_dir=scratch_dir
+        )
     else:
+        log_read_whole(transcripts_file)
         points = read_transcripts(transcripts_file, pixel_size=pixel_size, z_step=z_step)
         shape_inputs = _ShapeInputs.from_points(points)
 
@@ -244,7 +257,12 @@ def read_transcripts(
 
 
 def read_transcripts_lazily(
-    file: str | Path, *, pixel_size: float = 0.18, z_step: float | None = None, block_bytes: int | None = None
+    file: str | Path,
+    *,
+    pixel_size: float = 0.18,
+    z_step: float | None = None,
+    block_bytes: int | None = None,
+    scratch_dir: str | PathLike[str] | None = None,
 ) -> tuple[dd.DataFrame, _ShapeInputs]:
     """Read a CosMx ``*tx_file.csv`` or ``*tx_file.parquet`` lazily into the points schema, as a dask DataFrame.
 
@@ -256,8 +274,8 @@ def read_transcripts_lazily(
     Parameters
     ----------
     file
-        The plain (not compressed) CSV transcript file, or a Parquet one.
-    pixel_size, z_step
+        The CSV or Parquet transcript file, or a gzipped CSV one with ``scratch_dir``.
+    pixel_size, z_step, scratch_dir
         See :func:`cosmx`.
     block_bytes
         Approximate bytes per partition, :data:`segger.io._csv.BYTES_PER_BLOCK` when ``None``.
@@ -270,17 +288,22 @@ def read_transcripts_lazily(
     """
     file = Path(file)
     check_z_step(z_step)
-    scan = _Scan(pixel_size=pixel_size, z_step=z_step, source=file.name)
-    layout = scan_transcript_file(file, required=REQUIRED_COLUMNS, inspect=scan, block_bytes=block_bytes)
-    scan.checks.check(layout.n_rows, source=file.name)
-    _log_dropped_z(list(layout.dtypes), z_step, source=file.name)
+    with readable_file(file, scratch_dir) as readable:
+        source = readable.path.name
+        scan = _Scan(pixel_size=pixel_size, z_step=z_step, source=source)
+        layout = scan_transcript_file(
+            readable.path, required=REQUIRED_COLUMNS, inspect=scan, block_bytes=block_bytes
+        )
+        scan.checks.check(layout.n_rows, source=source)
+        _log_dropped_z(list(layout.dtypes), z_step, source=source)
 
-    features = tuple(sorted(scan.features))
-    meta = _to_points_schema(
-        layout.empty_frame(), pixel_size=pixel_size, z_step=z_step, source=file.name, features=features
-    )
-    load = partial(_load_block, layout=layout, pixel_size=pixel_size, z_step=z_step, features=features)
-    points = layout.to_dask(load, meta=meta, label="cosmx-transcripts")
+        features = tuple(sorted(scan.features))
+        meta = _to_points_schema(
+            layout.empty_frame(), pixel_size=pixel_size, z_step=z_step, source=source, features=features
+        )
+        load = partial(_load_block, layout=layout, pixel_size=pixel_size, z_step=z_step, features=features)
+        points = layout.to_dask(load, meta=meta, label="cosmx-transcripts")
+        readable.keep_while(load)
     shape_inputs = _ShapeInputs(
         nuclear=pd.concat(scan.nuclear),
         pixels=pd.concat(scan.pixels),

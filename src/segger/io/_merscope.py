@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from functools import partial
+from os import PathLike
 from pathlib import Path
 
 import dask.dataframe as dd
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .. import _constants as C
 from ._csv import CsvBlock, CsvLayout
+from ._gzip import check_reader_scratch_dir, is_gzipped, log_read_whole, readable_file
 from ._parquet import ParquetLayout, RowGroup, scan_transcript_file
 from ._shapes import merge_polygons_by_id
 from ._spatialdata import (
@@ -58,7 +60,9 @@ PARQUET_ID_COLUMNS = ("EntityID", "cell_id")
 PARQUET_GEOMETRY_COLUMNS = ("Geometry", "geometry")
 
 
-def merscope(path: str | Path, *, z_step: float | None = 1.5) -> SpatialData:
+def merscope(
+    path: str | Path, *, z_step: float | None = 1.5, scratch_dir: str | PathLike[str] | None = None
+) -> SpatialData:
     """Read a MERSCOPE output folder.
 
     Parameters
@@ -71,6 +75,10 @@ def merscope(path: str | Path, *, z_step: float | None = 1.5) -> SpatialData:
         Distance in µm between z planes. ``global_z`` is a plane index, and ``z`` becomes
         ``global_z * z_step``. The default of 1.5 µm is the spacing of the z levels that
         MERSCOPE writes with its polygons. ``None`` drops z, so the graph is 2-D.
+    scratch_dir
+        Existing folder into which a gzipped ``detected_transcripts.csv.gz`` is decompressed,
+        so that it is read in blocks like a plain file (see Notes). ``None`` reads a gzipped
+        file whole into memory.
 
     Returns
     -------
@@ -108,19 +116,25 @@ def merscope(path: str | Path, *, z_step: float | None = 1.5) -> SpatialData:
     A plain ``detected_transcripts.csv`` or ``detected_transcripts.parquet`` is read lazily
     (see :func:`read_transcripts_lazily`): one pass checks it, and the points element reads
     each block of about 16 MB, or each Parquet row group, again when computed. A gzipped file
-    is read whole, because it cannot be read from the middle.
+    cannot be read from the middle: with ``scratch_dir`` it is first decompressed into a new
+    folder ``segger-input-*`` there, which is deleted once the points element is
+    garbage-collected or Python exits, and read from there in blocks. Without, it is read whole.
     """
     folder = Path(path)
     if not folder.is_dir():
         msg = f"MERSCOPE folder {str(folder)!r} does not exist or is not a folder."
         raise FileNotFoundError(msg)
     check_z_step(z_step)
+    scratch_dir = check_reader_scratch_dir(scratch_dir)
 
     transcripts_file = _find_transcripts(folder)
     shapes = read_cell_boundaries(folder)
-    if transcripts_file.name.endswith((".csv", ".parquet")):
-        points, summary = read_transcripts_lazily(transcripts_file, shapes, z_step=z_step)
+    if not is_gzipped(transcripts_file) or scratch_dir is not None:
+        points, summary = read_transcripts_lazily(
+            transcripts_file, shapes, z_step=z_step, scratch_dir=scratch_dir
+        )
     else:
+        log_read_whole(transcripts_file)
         points = read_transcripts(transcripts_file, z_step=z_step)
         _assign_to_polygons(points, shapes)
         summary = _Summary.from_points(points)
@@ -174,7 +188,12 @@ def read_transcripts(file: str | Path, *, z_step: float | None = 1.5) -> pd.Data
 
 
 def read_transcripts_lazily(
-    file: str | Path, shapes: gpd.GeoDataFrame, *, z_step: float | None = 1.5, block_bytes: int | None = None
+    file: str | Path,
+    shapes: gpd.GeoDataFrame,
+    *,
+    z_step: float | None = 1.5,
+    block_bytes: int | None = None,
+    scratch_dir: str | PathLike[str] | None = None,
 ) -> tuple[dd.DataFrame, _Summary]:
     """Read a MERSCOPE ``detected_transcripts.csv`` or ``.parquet`` lazily into the points schema, as a dask DataFrame.
 
@@ -186,10 +205,10 @@ def read_transcripts_lazily(
     Parameters
     ----------
     file
-        The plain (not compressed) ``detected_transcripts.csv``, or ``detected_transcripts.parquet``.
+        ``detected_transcripts.csv``, ``.parquet``, or ``.csv.gz`` with ``scratch_dir``.
     shapes
         The cell polygons from :func:`read_cell_boundaries`.
-    z_step
+    z_step, scratch_dir
         See :func:`merscope`.
     block_bytes
         Approximate bytes per partition, :data:`segger.io._csv.BYTES_PER_BLOCK` when ``None``.
@@ -202,16 +221,20 @@ def read_transcripts_lazily(
     """
     file = Path(file)
     check_z_step(z_step)
-    scan = _Scan(shapes=shapes, z_step=z_step)
-    layout = scan_transcript_file(file, required=REQUIRED_COLUMNS, inspect=scan, block_bytes=block_bytes)
-    scan.checks.check(layout.n_rows, source=file.name)
-    _log_dropped_z(list(layout.dtypes), z_step, source=file.name)
+    with readable_file(file, scratch_dir) as readable:
+        scan = _Scan(shapes=shapes, z_step=z_step)
+        layout = scan_transcript_file(
+            readable.path, required=REQUIRED_COLUMNS, inspect=scan, block_bytes=block_bytes
+        )
+        scan.checks.check(layout.n_rows, source=readable.path.name)
+        _log_dropped_z(list(layout.dtypes), z_step, source=readable.path.name)
 
-    genes = tuple(sorted(scan.genes))
-    meta = _to_points_schema(layout.empty_frame(), z_step=z_step, genes=genes)
-    _assign_to_polygons(meta, shapes)
-    load = partial(_load_block, layout=layout, shapes=shapes, z_step=z_step, genes=genes)
-    points = layout.to_dask(load, meta=meta, label="merscope-transcripts")
+        genes = tuple(sorted(scan.genes))
+        meta = _to_points_schema(layout.empty_frame(), z_step=z_step, genes=genes)
+        _assign_to_polygons(meta, shapes)
+        load = partial(_load_block, layout=layout, shapes=shapes, z_step=z_step, genes=genes)
+        points = layout.to_dask(load, meta=meta, label="merscope-transcripts")
+        readable.keep_while(load)
     summary = _Summary(n_transcripts=layout.n_rows, n_features=len(genes), n_inside=scan.n_inside)
     return points, summary
 
