@@ -438,6 +438,123 @@ def test_cosmx_lung_crop_in_blocks(monkeypatch, caplog):
     assert "CellLabels_F001.tif: 98.3 % of the 15745 assigned transcripts" in caplog.text
 
 
+def test_hull_vertices_give_same_nuclei(caplog):
+    from segger.io._cosmx import hull_vertices, nucleus_polygons
+
+    rng = np.random.default_rng(1)
+    n = 20_000
+    cells = rng.integers(0, 300, n)
+    # Coordinates rounded to 0.1 µm, so that many transcripts repeat or line up.
+    points = pd.DataFrame(
+        {
+            "cell_id": pd.array(cells.astype(str), dtype="string"),
+            "x": np.round(rng.normal(cells % 20 * 20.0, 2.0), 1),
+            "y": np.round(rng.normal(cells // 20 * 20.0, 2.0), 1),
+            "overlaps_nucleus": rng.random(n) < 0.05,
+        }
+    )
+    with caplog.at_level(logging.INFO, logger="segger"):
+        whole = nucleus_polygons(points, min_transcripts=3)
+    whole_log, _ = caplog.text, caplog.clear()
+
+    blocks = [hull_vertices(points.iloc[start : start + 997]) for start in range(0, n, 997)]
+    with caplog.at_level(logging.INFO, logger="segger"):
+        from_blocks = nucleus_polygons(pd.concat(blocks), min_transcripts=3)
+
+    assert "Skipped" in whole_log
+    assert caplog.text == whole_log
+    assert from_blocks.index.equals(whole.index)
+    np.testing.assert_array_equal(
+        shapely.to_wkb(from_blocks.geometry.array), shapely.to_wkb(whole.geometry.array)
+    )
+    assert sum(block["n_transcripts"].sum() for block in blocks) == points["overlaps_nucleus"].sum()
+
+
+def test_cosmx_lung_crop_keeps_hull_vertices():
+    from segger.io._cosmx import nucleus_polygons, read_transcripts_lazily
+
+    file = shared_dataset("cosmx_lung9_sample1") / "tx_file.csv"
+    points, nuclei = read_eagerly(file.parent, "tx_file.csv")
+
+    _, inputs = read_transcripts_lazily(file, block_bytes=20_000)
+
+    # 1,647 hull vertices of 20 kB blocks stand for the 9,315 nuclear transcripts of the crop.
+    assert points["overlaps_nucleus"].sum() == 9_315
+    assert len(inputs.nuclear) == 1_647
+    from_blocks = nucleus_polygons(inputs.nuclear)
+    assert from_blocks.index.equals(nuclei.index)
+    np.testing.assert_array_equal(
+        shapely.to_wkb(from_blocks.geometry.array), shapely.to_wkb(nuclei.geometry.array)
+    )
+    # Only the assigned transcripts are kept for the mask checks.
+    assert len(inputs.pixels) == (points["cell_ID"] > 0).sum()
+    assert inputs.fovs == [9]
+
+
+def test_cosmx_pixels_kept_only_for_masks(tmp_path, monkeypatch):
+    from segger.io import _cosmx
+
+    requested = []
+
+    def spy(*args, **kwargs):
+        requested.append(kwargs["keep_pixels"])
+        return read_lazily(*args, **kwargs)
+
+    read_lazily = _cosmx.read_transcripts_lazily
+    monkeypatch.setattr(_cosmx, "read_transcripts_lazily", spy)
+    with_masks = tmp_path / "masks"
+    with_masks.mkdir()
+    write_folder(with_masks)
+    without = tmp_path / "no_masks"
+    without.mkdir()
+    write_folder(without, labels=None)
+
+    sg.io.cosmx(with_masks, pixel_size=PIXEL_SIZE)
+    sg.io.cosmx(with_masks, pixel_size=PIXEL_SIZE, cell_labels=False)
+    sg.io.cosmx(without, pixel_size=PIXEL_SIZE)
+
+    assert requested == [True, False, False]
+    _, inputs = read_lazily(without / "Run1_tx_file.csv", keep_pixels=False)
+    assert inputs.pixels.empty
+    assert inputs.fovs == [3, 4]
+
+
+def test_mask_check_reads_nearby_columns(caplog):
+    from segger.io._cosmx import _check_mask, _SortedPixels
+
+    rng = np.random.default_rng(2)
+    n = 50_000
+    labels = rng.integers(0, 4, (40, 30))
+    # Half the transcripts lie on pixel edges, and some on the mask's first and last columns.
+    x = np.where(rng.random(n) < 0.5, rng.integers(0, 200, n).astype(float), rng.uniform(0, 200, n))
+    points = pd.DataFrame(
+        {
+            "fov": rng.integers(1, 4, n),
+            "cell_ID": rng.integers(0, 4, n),
+            "x_global_px": x,
+            "y_global_px": rng.uniform(0, 100, n),
+        }
+    )
+    pixels = _SortedPixels.from_points(points)
+    for origin in [(0.0, 0.0), (50.0, 20.0), (100.5, 60.0), (170.0, 0.0), (400.0, 0.0)]:
+        with caplog.at_level(logging.INFO, logger="segger"):
+            expected = _check_mask(labels, origin, 2, points, min_agreement=0.2, name="m")
+        expected_log, _ = caplog.text, caplog.clear()
+        with caplog.at_level(logging.INFO, logger="segger"):
+            found = _check_mask(
+                labels,
+                origin,
+                2,
+                pixels.columns_near(origin[0], labels.shape[1]),
+                min_agreement=0.2,
+                name="m",
+            )
+
+        assert found == expected, origin
+        assert caplog.text == expected_log, origin
+        caplog.clear()
+
+
 def test_cosmx_csv_missing_target(tmp_path, monkeypatch):
     monkeypatch.setattr("segger.io._csv.BYTES_PER_BLOCK", 1)
     transcripts = make_transcripts()

@@ -47,6 +47,8 @@ COORDINATE_COLUMNS = ("x_global_px", "y_global_px", "z")
 # Columns of the converted points that the nucleus polygons and the label-mask checks read.
 NUCLEAR_COLUMNS = (C.CELL_ID, C.X, C.Y, C.OVERLAPS_NUCLEUS)
 PIXEL_COLUMNS = ("fov", "cell_ID", "x_global_px", "y_global_px")
+# Column of hull_vertices that counts the nuclear transcripts a row stands for.
+N_TRANSCRIPTS = "n_transcripts"
 CONTROL_PREFIXES = ("NegPrb", "Negative", "SystemControl", "FalseCode")
 NUCLEAR_COMPARTMENT = "Nuclear"
 # Tracing a 4256 x 4256 px mask with 3,000 labels took about 10 s on 2 shared CPU cores.
@@ -171,9 +173,14 @@ def cosmx(
     scratch_dir = check_reader_scratch_dir(scratch_dir)
 
     transcripts_file = _find_one(folder, TRANSCRIPT_PATTERNS, required=True)
+    check_masks = cell_labels and bool(_find_label_masks(folder))
     if not is_gzipped(transcripts_file) or scratch_dir is not None:
         points, shape_inputs = read_transcripts_lazily(
-            transcripts_file, pixel_size=pixel_size, z_step=z_step, scratch_dir=scratch_dir
+            transcripts_file,
+            pixel_size=pixel_size,
+            z_step=z_step,
+            scratch_dir=scratch_dir,
+            keep_pixels=check_masks,
         )
     else:
         log_read_whole(transcripts_file)
@@ -192,9 +199,13 @@ def cosmx(
         )
     else:
         shapes[C.NUCLEUS_SHAPES_KEY] = nuclei
-    if cell_labels:
+    if check_masks:
         cells = read_label_masks(
-            folder, shape_inputs.pixels, pixel_size=pixel_size, min_agreement=min_mask_agreement
+            folder,
+            shape_inputs.pixels,
+            pixel_size=pixel_size,
+            min_agreement=min_mask_agreement,
+            fovs=shape_inputs.fovs,
         )
         if cells is not None:
             shapes[C.CELL_SHAPES_KEY] = cells
@@ -217,15 +228,21 @@ class _ShapeInputs:
     Attributes
     ----------
     nuclear
-        ``cell_id``, ``x``, ``y`` and ``overlaps_nucleus`` (all True) of the nuclear transcripts.
+        ``cell_id``, ``x``, ``y`` and ``overlaps_nucleus`` (all True) of the nuclear transcripts,
+        or, when read in blocks, of the hull vertices of each block's cells, with the
+        ``n_transcripts`` column (see :func:`hull_vertices`).
     pixels
-        ``fov``, ``cell_ID``, ``x_global_px`` and ``y_global_px`` of every transcript.
+        ``fov``, ``cell_ID``, ``x_global_px`` and ``y_global_px`` of the transcripts assigned to
+        a cell, which the label masks are checked against.
+    fovs
+        The FOVs of all transcripts, ascending.
     n_transcripts, n_features
         Numbers of transcripts and of distinct features.
     """
 
     nuclear: pd.DataFrame
     pixels: pd.DataFrame
+    fovs: list[int]
     n_transcripts: int
     n_features: int
 
@@ -234,10 +251,16 @@ class _ShapeInputs:
         """Select the columns from points converted by :func:`read_transcripts`."""
         return cls(
             nuclear=points.loc[points[C.OVERLAPS_NUCLEUS], list(NUCLEAR_COLUMNS)],
-            pixels=points[list(PIXEL_COLUMNS)],
+            pixels=_assigned_pixels(points),
+            fovs=sorted(points["fov"].unique().tolist()),
             n_transcripts=len(points),
             n_features=points[C.FEATURE_NAME].nunique(),
         )
+
+
+def _assigned_pixels(points: pd.DataFrame) -> pd.DataFrame:
+    """Return the pixel columns of the transcripts that are assigned to a cell."""
+    return points.loc[points["cell_ID"].to_numpy(dtype=np.int64) > 0, list(PIXEL_COLUMNS)]
 
 
 def read_transcripts(
@@ -263,6 +286,7 @@ def read_transcripts_lazily(
     z_step: float | None = None,
     block_bytes: int | None = None,
     scratch_dir: str | PathLike[str] | None = None,
+    keep_pixels: bool = True,
 ) -> tuple[dd.DataFrame, _ShapeInputs]:
     """Read a CosMx ``*tx_file.csv`` or ``*tx_file.parquet`` lazily into the points schema, as a dask DataFrame.
 
@@ -279,18 +303,22 @@ def read_transcripts_lazily(
         See :func:`cosmx`.
     block_bytes
         Approximate bytes per partition, :data:`segger.io._csv.BYTES_PER_BLOCK` when ``None``.
+    keep_pixels
+        Whether to keep the pixel positions of the assigned transcripts, which only the label
+        mask checks need.
 
     Returns
     -------
     The transcripts as :func:`cosmx` puts them in its points element, with ``feature_name`` a
     categorical of the sorted feature names and the row number as index, and the columns kept
-    for the shapes.
+    for the shapes. Each block's nuclear transcripts are reduced to the hull vertices of its
+    cells, so these columns grow with the cells rather than with the transcripts.
     """
     file = Path(file)
     check_z_step(z_step)
     with readable_file(file, scratch_dir) as readable:
         source = readable.path.name
-        scan = _Scan(pixel_size=pixel_size, z_step=z_step, source=source)
+        scan = _Scan(pixel_size=pixel_size, z_step=z_step, source=source, keep_pixels=keep_pixels)
         layout = scan_transcript_file(
             readable.path, required=REQUIRED_COLUMNS, inspect=scan, block_bytes=block_bytes
         )
@@ -304,9 +332,11 @@ def read_transcripts_lazily(
         load = partial(_load_block, layout=layout, pixel_size=pixel_size, z_step=z_step, features=features)
         points = layout.to_dask(load, meta=meta, label="cosmx-transcripts")
         readable.keep_while(load)
+    pixel_columns = pd.DataFrame(columns=list(PIXEL_COLUMNS))
     shape_inputs = _ShapeInputs(
         nuclear=pd.concat(scan.nuclear),
-        pixels=pd.concat(scan.pixels),
+        pixels=pd.concat(scan.pixels) if scan.pixels else pixel_columns,
+        fovs=sorted(scan.fovs),
         n_transcripts=layout.n_rows,
         n_features=len(features),
     )
@@ -320,8 +350,10 @@ class _Scan:
     pixel_size: float
     z_step: float | None
     source: str
+    keep_pixels: bool = True
     checks: TranscriptChecks = field(default_factory=lambda: TranscriptChecks(COORDINATE_COLUMNS, "target"))
     features: set[str] = field(default_factory=set)
+    fovs: set[int] = field(default_factory=set)
     nuclear: list[pd.DataFrame] = field(default_factory=list)
     pixels: list[pd.DataFrame] = field(default_factory=list)
 
@@ -329,9 +361,10 @@ class _Scan:
         self.checks.add(frame)
         points = _to_points_schema(frame, pixel_size=self.pixel_size, z_step=self.z_step, source=self.source)
         self.features.update(points[C.FEATURE_NAME].unique())
-        inputs = _ShapeInputs.from_points(points)
-        self.nuclear.append(inputs.nuclear)
-        self.pixels.append(inputs.pixels)
+        self.fovs.update(points["fov"].unique().tolist())
+        self.nuclear.append(hull_vertices(points))
+        if self.keep_pixels:
+            self.pixels.append(_assigned_pixels(points))
 
 
 def _load_block(
@@ -398,6 +431,41 @@ def _log_dropped_z(columns: list[str] | pd.Index, z_step: float | None, *, sourc
         logger.info("z_step is None, so z is dropped and the graph is 2-D. Pass z_step in µm to keep it.")
 
 
+def hull_vertices(points: pd.DataFrame) -> pd.DataFrame:
+    """Reduce the nuclear transcripts of ``points`` to the vertices of each cell's convex hull.
+
+    The convex hull of a cell's nuclear transcripts equals the hull of the vertices of the
+    hulls of any parts of them, so :func:`nucleus_polygons` gives the same polygons from the
+    vertices of every block as from all the transcripts.
+
+    Returns
+    -------
+    ``cell_id``, ``x``, ``y`` and ``overlaps_nucleus`` (all True) of the vertices, and
+    ``n_transcripts``: the cell's number of nuclear transcripts on its first vertex, 0 on the
+    others.
+    """
+    nuclear = points.loc[points[C.OVERLAPS_NUCLEUS], [C.CELL_ID, C.X, C.Y]]
+    codes, cell_ids = pd.factorize(nuclear[C.CELL_ID].astype(str), sort=True)
+    order = np.argsort(codes, kind="stable")
+    coordinates = nuclear[[C.X, C.Y]].to_numpy(dtype=np.float64)[order]
+    hulls = shapely.convex_hull(shapely.multipoints(coordinates, indices=codes[order]))
+
+    # A hull is a point, a segment or a polygon; each vertex keeps its original coordinates.
+    vertices, cell = shapely.get_coordinates(hulls, return_index=True)
+    first = np.ones(len(cell), dtype=bool)
+    first[1:] = cell[1:] != cell[:-1]
+    counts = np.bincount(codes, minlength=len(cell_ids))
+    return pd.DataFrame(
+        {
+            C.CELL_ID: pd.array(np.asarray(cell_ids)[cell], dtype="string"),
+            C.X: vertices[:, 0],
+            C.Y: vertices[:, 1],
+            C.OVERLAPS_NUCLEUS: np.ones(len(cell), dtype=bool),
+            N_TRANSCRIPTS: np.where(first, counts[cell], 0),
+        }
+    )
+
+
 def nucleus_polygons(
     points: pd.DataFrame, *, buffer: float = 0.5, min_transcripts: int = 3
 ) -> gpd.GeoDataFrame:
@@ -406,7 +474,8 @@ def nucleus_polygons(
     Parameters
     ----------
     points
-        Transcripts in the points schema, with ``cell_id`` and ``overlaps_nucleus``.
+        Transcripts in the points schema, with ``cell_id`` and ``overlaps_nucleus``, or the
+        output of :func:`hull_vertices` for parts of them.
     buffer
         Distance in µm by which each convex hull is grown; must be positive.
     min_transcripts
@@ -420,9 +489,10 @@ def nucleus_polygons(
         msg = f"nucleus_buffer must be a positive distance in µm; got {buffer!r}."
         raise ValueError(msg)
 
-    nuclear = points.loc[points[C.OVERLAPS_NUCLEUS], [C.CELL_ID, C.X, C.Y]]
+    nuclear = points.loc[points[C.OVERLAPS_NUCLEUS]]
     codes, cell_ids = pd.factorize(nuclear[C.CELL_ID].astype(str), sort=True)
-    counts = np.bincount(codes, minlength=len(cell_ids))
+    weights = nuclear[N_TRANSCRIPTS].to_numpy() if N_TRANSCRIPTS in nuclear.columns else None
+    counts = np.bincount(codes, weights=weights, minlength=len(cell_ids)).astype(np.int64)
     keep = counts >= min_transcripts
     n_skipped = int((~keep).sum())
     if n_skipped:
@@ -444,12 +514,32 @@ def nucleus_polygons(
 
 
 def read_label_masks(
-    folder: str | Path, points: pd.DataFrame, *, pixel_size: float = 0.18, min_agreement: float = 0.9
+    folder: str | Path,
+    points: pd.DataFrame,
+    *,
+    pixel_size: float = 0.18,
+    min_agreement: float = 0.9,
+    fovs: list[int] | None = None,
 ) -> gpd.GeoDataFrame | None:
     """Turn the aligned ``CellLabels_F*.tif`` masks of a CosMx folder into cell polygons.
 
-    Returns None, with a warning, when no mask passes the checks described in :func:`cosmx`
-    or no mask has a label, and quietly when the folder has no masks.
+    Parameters
+    ----------
+    folder
+        The CosMx folder.
+    points
+        ``fov``, ``cell_ID``, ``x_global_px`` and ``y_global_px`` of the transcripts; only
+        those assigned to a cell (``cell_ID`` above 0) are used.
+    pixel_size, min_agreement
+        As ``pixel_size`` and ``min_mask_agreement`` of :func:`cosmx`.
+    fovs
+        The FOVs of all transcripts, for the warning about FOVs without a position; those of
+        ``points`` when ``None``.
+
+    Returns
+    -------
+    The polygons, or None, with a warning, when no mask passes the checks described in
+    :func:`cosmx` or no mask has a label, and quietly when the folder has no masks.
     """
     folder = Path(folder)
     masks = _find_label_masks(folder)
@@ -467,7 +557,7 @@ def read_label_masks(
         return None
     positions = _read_fov_positions(positions_file)
 
-    transcript_fovs = sorted(points["fov"].unique().tolist())
+    transcript_fovs = sorted(points["fov"].unique().tolist()) if fovs is None else fovs
     unlisted = sorted(set(transcript_fovs) - set(positions.index))
     if unlisted:
         logger.warning(
@@ -478,6 +568,7 @@ def read_label_masks(
             unlisted,
         )
 
+    assigned = _SortedPixels.from_points(points)
     frames = []
     bar = tqdm(
         sorted(masks.items()),
@@ -493,8 +584,9 @@ def read_label_masks(
             continue
         origin = (float(positions.at[fov, "x_global_px"]), float(positions.at[fov, "y_global_px"]))
         labels = _read_labels(mask_file)
+        nearby = assigned.columns_near(origin[0], labels.shape[1])
         matched_fov = _check_mask(
-            labels, origin, fov, points, min_agreement=min_agreement, name=mask_file.name
+            labels, origin, fov, nearby, min_agreement=min_agreement, name=mask_file.name
         )
         if matched_fov is not None:
             frames.append(mask_polygons(labels, origin, fov=matched_fov, pixel_size=pixel_size))
@@ -511,6 +603,35 @@ def read_label_masks(
     return merge_polygons_by_id(
         polygons.index.to_numpy(), polygons.geometry.to_numpy(), source="CellLabels masks"
     )
+
+
+@dataclass(frozen=True)
+class _SortedPixels:
+    """The pixel columns of the assigned transcripts, sorted by ``x_global_px``.
+
+    A mask's check then reads only the transcripts within its columns, instead of every
+    transcript of the slide once per mask.
+    """
+
+    points: pd.DataFrame
+    x: np.ndarray
+
+    @classmethod
+    def from_points(cls, points: pd.DataFrame) -> _SortedPixels:
+        """Keep the transcripts of ``points`` assigned to a cell, sorted by x."""
+        assigned = points.loc[points["cell_ID"].to_numpy(dtype=np.int64) > 0, list(PIXEL_COLUMNS)]
+        x = assigned["x_global_px"].to_numpy(dtype=np.float64)
+        order = np.argsort(x, kind="stable")
+        return cls(points=assigned.iloc[order], x=x[order])
+
+    def columns_near(self, x_origin: float, width: int) -> pd.DataFrame:
+        """Return the transcripts whose x lies within one pixel of the ``width`` columns from ``x_origin``.
+
+        The one-pixel margin keeps every transcript that :func:`_check_mask` could place inside
+        the mask after rounding, and that function applies the exact bounds.
+        """
+        start, stop = np.searchsorted(self.x, [x_origin - 1.0, x_origin + width + 1.0])
+        return self.points.iloc[start:stop]
 
 
 def mask_polygons(
