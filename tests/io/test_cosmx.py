@@ -515,12 +515,12 @@ def test_cosmx_pixels_kept_only_for_masks(tmp_path, monkeypatch):
 
     assert requested == [True, False, False]
     _, inputs = read_lazily(without / "Run1_tx_file.csv", keep_pixels=False)
-    assert inputs.pixels.empty
+    assert len(inputs.pixels) == 0
     assert inputs.fovs == [3, 4]
 
 
 def test_mask_check_reads_nearby_columns(caplog):
-    from segger.io._cosmx import _check_mask, _SortedPixels
+    from segger.io._cosmx import SortedPixels, _check_mask
 
     rng = np.random.default_rng(2)
     n = 50_000
@@ -535,7 +535,7 @@ def test_mask_check_reads_nearby_columns(caplog):
             "y_global_px": rng.uniform(0, 100, n),
         }
     )
-    pixels = _SortedPixels.from_points(points)
+    pixels = SortedPixels.from_frames([points[points["cell_ID"] > 0]])
     for origin in [(0.0, 0.0), (50.0, 20.0), (100.5, 60.0), (170.0, 0.0), (400.0, 0.0)]:
         with caplog.at_level(logging.INFO, logger="segger"):
             expected = _check_mask(labels, origin, 2, points, min_agreement=0.2, name="m")

@@ -47,7 +47,7 @@ COORDINATE_COLUMNS = ("x_global_px", "y_global_px", "z")
 # Columns of the converted points that the nucleus polygons and the label-mask checks read.
 NUCLEAR_COLUMNS = (C.CELL_ID, C.X, C.Y, C.OVERLAPS_NUCLEUS)
 PIXEL_COLUMNS = ("fov", "cell_ID", "x_global_px", "y_global_px")
-# Column of hull_vertices that counts the nuclear transcripts a row stands for.
+# Column of hull_vertices with the number of nuclear transcripts that a row represents.
 N_TRANSCRIPTS = "n_transcripts"
 CONTROL_PREFIXES = ("NegPrb", "Negative", "SystemControl", "FalseCode")
 NUCLEAR_COMPARTMENT = "Nuclear"
@@ -232,8 +232,8 @@ class _ShapeInputs:
         or, when read in blocks, of the hull vertices of each block's cells, with the
         ``n_transcripts`` column (see :func:`hull_vertices`).
     pixels
-        ``fov``, ``cell_ID``, ``x_global_px`` and ``y_global_px`` of the transcripts assigned to
-        a cell, which the label masks are checked against.
+        The pixel positions of the transcripts assigned to a cell, which the label masks are
+        checked against.
     fovs
         The FOVs of all transcripts, ascending.
     n_transcripts, n_features
@@ -241,7 +241,7 @@ class _ShapeInputs:
     """
 
     nuclear: pd.DataFrame
-    pixels: pd.DataFrame
+    pixels: SortedPixels
     fovs: list[int]
     n_transcripts: int
     n_features: int
@@ -251,16 +251,11 @@ class _ShapeInputs:
         """Select the columns from points converted by :func:`read_transcripts`."""
         return cls(
             nuclear=points.loc[points[C.OVERLAPS_NUCLEUS], list(NUCLEAR_COLUMNS)],
-            pixels=_assigned_pixels(points),
+            pixels=SortedPixels.from_frames([_assigned(points)]),
             fovs=sorted(points["fov"].unique().tolist()),
             n_transcripts=len(points),
             n_features=points[C.FEATURE_NAME].nunique(),
         )
-
-
-def _assigned_pixels(points: pd.DataFrame) -> pd.DataFrame:
-    """Return the pixel columns of the transcripts that are assigned to a cell."""
-    return points.loc[points["cell_ID"].to_numpy(dtype=np.int64) > 0, list(PIXEL_COLUMNS)]
 
 
 def read_transcripts(
@@ -312,7 +307,7 @@ def read_transcripts_lazily(
     The transcripts as :func:`cosmx` puts them in its points element, with ``feature_name`` a
     categorical of the sorted feature names and the row number as index, and the columns kept
     for the shapes. Each block's nuclear transcripts are reduced to the hull vertices of its
-    cells, so these columns grow with the cells rather than with the transcripts.
+    cells, so they grow with the cells rather than with the transcripts.
     """
     file = Path(file)
     check_z_step(z_step)
@@ -332,10 +327,9 @@ def read_transcripts_lazily(
         load = partial(_load_block, layout=layout, pixel_size=pixel_size, z_step=z_step, features=features)
         points = layout.to_dask(load, meta=meta, label="cosmx-transcripts")
         readable.keep_while(load)
-    pixel_columns = pd.DataFrame(columns=list(PIXEL_COLUMNS))
     shape_inputs = _ShapeInputs(
         nuclear=pd.concat(scan.nuclear),
-        pixels=pd.concat(scan.pixels) if scan.pixels else pixel_columns,
+        pixels=SortedPixels.from_frames(scan.pixels),
         fovs=sorted(scan.fovs),
         n_transcripts=layout.n_rows,
         n_features=len(features),
@@ -364,7 +358,7 @@ class _Scan:
         self.fovs.update(points["fov"].unique().tolist())
         self.nuclear.append(hull_vertices(points))
         if self.keep_pixels:
-            self.pixels.append(_assigned_pixels(points))
+            self.pixels.append(_assigned(points))
 
 
 def _load_block(
@@ -450,7 +444,7 @@ def hull_vertices(points: pd.DataFrame) -> pd.DataFrame:
     coordinates = nuclear[[C.X, C.Y]].to_numpy(dtype=np.float64)[order]
     hulls = shapely.convex_hull(shapely.multipoints(coordinates, indices=codes[order]))
 
-    # A hull is a point, a segment or a polygon; each vertex keeps its original coordinates.
+    # A hull is a point, a segment or a polygon, and each vertex keeps its original coordinates.
     vertices, cell = shapely.get_coordinates(hulls, return_index=True)
     first = np.ones(len(cell), dtype=bool)
     first[1:] = cell[1:] != cell[:-1]
@@ -515,7 +509,7 @@ def nucleus_polygons(
 
 def read_label_masks(
     folder: str | Path,
-    points: pd.DataFrame,
+    points: pd.DataFrame | SortedPixels,
     *,
     pixel_size: float = 0.18,
     min_agreement: float = 0.9,
@@ -528,8 +522,8 @@ def read_label_masks(
     folder
         The CosMx folder.
     points
-        ``fov``, ``cell_ID``, ``x_global_px`` and ``y_global_px`` of the transcripts; only
-        those assigned to a cell (``cell_ID`` above 0) are used.
+        ``fov``, ``cell_ID``, ``x_global_px`` and ``y_global_px`` of the transcripts, of which
+        only those assigned to a cell (``cell_ID`` above 0) are used, or these already sorted.
     pixel_size, min_agreement
         As ``pixel_size`` and ``min_mask_agreement`` of :func:`cosmx`.
     fovs
@@ -557,7 +551,10 @@ def read_label_masks(
         return None
     positions = _read_fov_positions(positions_file)
 
-    transcript_fovs = sorted(points["fov"].unique().tolist()) if fovs is None else fovs
+    if isinstance(points, pd.DataFrame):
+        fovs = sorted(points["fov"].unique().tolist()) if fovs is None else fovs
+        points = SortedPixels.from_frames([_assigned(points)])
+    transcript_fovs = points.fovs() if fovs is None else fovs
     unlisted = sorted(set(transcript_fovs) - set(positions.index))
     if unlisted:
         logger.warning(
@@ -568,7 +565,6 @@ def read_label_masks(
             unlisted,
         )
 
-    assigned = _SortedPixels.from_points(points)
     frames = []
     bar = tqdm(
         sorted(masks.items()),
@@ -584,7 +580,7 @@ def read_label_masks(
             continue
         origin = (float(positions.at[fov, "x_global_px"]), float(positions.at[fov, "y_global_px"]))
         labels = _read_labels(mask_file)
-        nearby = assigned.columns_near(origin[0], labels.shape[1])
+        nearby = points.columns_near(origin[0], labels.shape[1])
         matched_fov = _check_mask(
             labels, origin, fov, nearby, min_agreement=min_agreement, name=mask_file.name
         )
@@ -605,24 +601,44 @@ def read_label_masks(
     )
 
 
-@dataclass(frozen=True)
-class _SortedPixels:
-    """The pixel columns of the assigned transcripts, sorted by ``x_global_px``.
+class SortedPixels:
+    """The pixel columns of the transcripts assigned to a cell, sorted by ``x_global_px``.
 
     A mask's check then reads only the transcripts within its columns, instead of every
     transcript of the slide once per mask.
+
+    Attributes
+    ----------
+    columns
+        ``fov``, ``cell_ID``, ``x_global_px`` and ``y_global_px``, as arrays in the order of
+        ``x_global_px``.
     """
 
-    points: pd.DataFrame
-    x: np.ndarray
+    def __init__(self, columns: dict[str, np.ndarray]) -> None:
+        self.columns = columns
 
     @classmethod
-    def from_points(cls, points: pd.DataFrame) -> _SortedPixels:
-        """Keep the transcripts of ``points`` assigned to a cell, sorted by x."""
-        assigned = points.loc[points["cell_ID"].to_numpy(dtype=np.int64) > 0, list(PIXEL_COLUMNS)]
-        x = assigned["x_global_px"].to_numpy(dtype=np.float64)
+    def from_frames(cls, frames: list[pd.DataFrame]) -> SortedPixels:
+        """Gather the rows of ``frames``, assigned transcripts only, and sort them by x, one column at a time."""
+        x = np.concatenate(
+            [np.empty(0), *(frame["x_global_px"].to_numpy(dtype=np.float64) for frame in frames)]
+        )
         order = np.argsort(x, kind="stable")
-        return cls(points=assigned.iloc[order], x=x[order])
+        columns = {"x_global_px": x[order]}
+        del x
+        for name, dtype in (("y_global_px", np.float64), ("fov", np.int64), ("cell_ID", np.int64)):
+            values = np.concatenate(
+                [np.empty(0, dtype), *(frame[name].to_numpy(dtype=dtype) for frame in frames)]
+            )
+            columns[name] = values[order]
+        return cls(columns)
+
+    def __len__(self) -> int:
+        return len(self.columns["x_global_px"])
+
+    def fovs(self) -> list[int]:
+        """Return the FOVs of these transcripts, ascending."""
+        return np.unique(self.columns["fov"]).tolist()
 
     def columns_near(self, x_origin: float, width: int) -> pd.DataFrame:
         """Return the transcripts whose x lies within one pixel of the ``width`` columns from ``x_origin``.
@@ -630,8 +646,14 @@ class _SortedPixels:
         The one-pixel margin keeps every transcript that :func:`_check_mask` could place inside
         the mask after rounding, and that function applies the exact bounds.
         """
-        start, stop = np.searchsorted(self.x, [x_origin - 1.0, x_origin + width + 1.0])
-        return self.points.iloc[start:stop]
+        x = self.columns["x_global_px"]
+        start, stop = np.searchsorted(x, [x_origin - 1.0, x_origin + width + 1.0])
+        return pd.DataFrame({name: values[start:stop] for name, values in self.columns.items()})
+
+
+def _assigned(points: pd.DataFrame) -> pd.DataFrame:
+    """Return the pixel columns of the transcripts of ``points`` that are assigned to a cell."""
+    return points.loc[points["cell_ID"].to_numpy(dtype=np.int64) > 0, list(PIXEL_COLUMNS)]
 
 
 def mask_polygons(
