@@ -626,11 +626,23 @@ def test_missing_scratch_dir_reported(zarr_input, tmp_path, capsys):
     status = main(["segment", str(zarr_input), "-o", str(output), "--scratch-dir", str(missing), *FAST])
 
     err = capsys.readouterr().err
-    assert status == 1
+    assert status == 2
     assert f"--scratch-dir {str(missing)!r} is not an existing folder" in err
     assert "leave out --scratch-dir" in err
     assert not output.exists()
     assert not missing.exists()
+
+
+def test_scratch_dir_file_rejected(zarr_input, tmp_path, capsys):
+    not_folder = tmp_path / "scratch"
+    not_folder.write_text("")
+    output = tmp_path / "out.zarr"
+
+    status = main(["segment", str(zarr_input), "-o", str(output), "--scratch-dir", str(not_folder), *FAST])
+
+    assert status == 2
+    assert f"--scratch-dir {str(not_folder)!r} is a file, not a folder" in capsys.readouterr().err
+    assert not output.exists()
 
 
 def _interrupt_while_writing(target: Path, writers: list) -> None:

@@ -210,7 +210,7 @@ def check_scratch_dir(
     """Return ``scratch_dir`` as a path, with ``~`` expanded, after checking that it is a writable folder.
 
     ``option`` names the setting in messages: ``"scratch_dir"`` for the Python functions, or
-    a command-line flag such as ``"--scratch-dir"``. ``without`` says what happens without the
+    a command-line flag such as ``"--scratch-dir"``. ``without`` describes what happens without the
     setting, to end the messages.
 
     Raises
@@ -234,6 +234,9 @@ def check_scratch_dir(
         raise ValueError(msg)
 
     folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        msg = f"{setting} is a file, not a folder. Give a folder path, or {keep}."
+        raise ValueError(msg)
     if not folder.is_dir():
         msg = f"{setting} is not an existing folder. Create it first, or {keep}."
         raise ValueError(msg)

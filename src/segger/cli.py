@@ -175,8 +175,9 @@ def _add_segment_command(commands: argparse._SubParsersAction) -> None:
         metavar="INPUT",
         help=(
             "Xenium output folder (containing transcripts.parquet or transcripts.csv.gz), MERSCOPE folder "
-            "(detected_transcripts.csv), CosMx folder (*tx_file.csv) or SpatialData zarr store. Omit it "
-            "to segment the synthetic tissue of segger.datasets.toy()."
+            "(detected_transcripts.parquet, .csv or .csv.gz), CosMx folder (*tx_file.parquet, .csv or "
+            ".csv.gz) or SpatialData zarr store. Omit it to segment the synthetic tissue of "
+            "segger.datasets.toy()."
         ),
     )
     files.add_argument(
@@ -473,8 +474,11 @@ def _output_path(value: str, source: Path | None, *, overwrite: bool) -> Path:
 
 
 def _check_scratch_outside_input(value: str, source: Path | None) -> None:
-    """Check --scratch-dir as a scratch folder, and raise UsageError when it lies inside INPUT."""
-    scratch = check_scratch_dir(value, option="--scratch-dir").resolve()
+    """Raise UsageError when --scratch-dir is not a writable folder or lies inside INPUT."""
+    try:
+        scratch = check_scratch_dir(value, option="--scratch-dir").resolve()
+    except (ValueError, TypeError) as error:
+        raise UsageError(str(error)) from error
     if source is not None and (scratch == source or source in scratch.parents):
         msg = f"--scratch-dir {value!r} is inside INPUT, which segger only reads. Choose a scratch folder outside INPUT."
         raise UsageError(msg)

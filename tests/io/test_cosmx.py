@@ -289,6 +289,20 @@ def test_cosmx_several_transcript_files(tmp_path):
         sg.io.cosmx(tmp_path)
 
 
+def test_cosmx_parquet_preferred_to_gzip(tmp_path, caplog):
+    write_folder(tmp_path)
+    transcripts = make_transcripts()
+    (tmp_path / "Run1_tx_file.csv").unlink()
+    transcripts.to_parquet(tmp_path / "Run1_tx_file.parquet", index=False)
+    transcripts.iloc[:3].to_csv(tmp_path / "Run1_tx_file.csv.gz", index=False)
+
+    with caplog.at_level(logging.INFO, logger="segger"):
+        sdata = sg.io.cosmx(tmp_path, pixel_size=PIXEL_SIZE)
+
+    assert len(sdata.points["transcripts"].compute()) == 12
+    assert "gzipped" not in caplog.text
+
+
 def test_cosmx_missing_columns(tmp_path):
     transcripts = make_transcripts().drop(columns=["y_global_px", "CellComp"])
     with pytest.raises(ValueError, match=r"\['y_global_px', 'CellComp'\]; it has \['fov'"):

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+import segger as sg
 from segger.io._gzip import readable_file
 
 TEXT = b"a,b\n1,2\n3,4\n" * 1000
@@ -87,7 +88,7 @@ def test_truncated_file(tmp_path):
     scratch.mkdir()
 
     with (
-        pytest.raises(ValueError, match=r"t\.csv\.gz in .* could not be decompressed: .*copy it again"),
+        pytest.raises(ValueError, match=r"t\.csv\.gz in .* could not be decompressed: .*Copy it again"),
         readable_file(source, scratch),
     ):
         pass
@@ -143,8 +144,35 @@ def test_missing_scratch_dir(tmp_path):
 
     with (
         pytest.raises(
-            ValueError, match=r"is not an existing folder.*to read the gzipped file whole into memory"
+            ValueError, match=r"is not an existing folder.*to read a gzipped transcripts file whole"
         ),
         readable_file(source, tmp_path / "absent"),
     ):
         pass
+
+
+def test_scratch_dir_is_file(tmp_path):
+    source = write_gzipped(tmp_path / "t.csv.gz")
+
+    with (
+        pytest.raises(ValueError, match=r"scratch_dir=.*t\.csv\.gz'\) is a file, not a folder"),
+        readable_file(source, source),
+    ):
+        pass
+
+
+@pytest.mark.parametrize("reader", ["cosmx", "xenium"])
+@pytest.mark.parametrize("damage", ["truncated", "not gzip"])
+def test_broken_gzip_read_whole(tmp_path, reader, damage):
+    file = tmp_path / {"cosmx": "Run1_tx_file.csv.gz", "xenium": "transcripts.csv.gz"}[reader]
+    whole = gzip.compress(TEXT)
+    file.write_bytes(whole[: len(whole) // 2] if damage == "truncated" else TEXT)
+    # The Xenium reader looks for the nuclei before it reads the transcripts.
+    (tmp_path / "nucleus_boundaries.parquet").write_bytes(b"")
+
+    with pytest.raises(ValueError, match=rf"{file.name} in .* could not be decompressed: .*Copy it again"):
+        getattr(sg.io, reader)(tmp_path)
+
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        [file.name, "nucleus_boundaries.parquet"]
+    )

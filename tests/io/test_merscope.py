@@ -540,6 +540,23 @@ def test_merscope_gzipped_bad_rows_leave_scratch_dir_empty(tmp_path, monkeypatch
     assert list(scratch.iterdir()) == []
 
 
+@pytest.mark.parametrize("scratch", [False, True])
+def test_merscope_truncated_gzip(tmp_path, scratch):
+    folder = tmp_path / "input"
+    folder.mkdir()
+    write_folder(folder)
+    whole = gzip.compress((folder / "detected_transcripts.csv").read_bytes())
+    (folder / "detected_transcripts.csv").unlink()
+    (folder / "detected_transcripts.csv.gz").write_bytes(whole[: len(whole) // 2])
+    scratch_dir = tmp_path / "scratch"
+    scratch_dir.mkdir()
+
+    with pytest.raises(ValueError, match=r"detected_transcripts\.csv\.gz in .* could not be decompressed"):
+        sg.io.merscope(folder, scratch_dir=scratch_dir if scratch else None)
+
+    assert list(scratch_dir.iterdir()) == []
+
+
 def test_merscope_missing_scratch_dir(tmp_path):
     with pytest.raises(ValueError, match=r"scratch_dir=.* is not an existing folder"):
         sg.io.merscope(write_folder(tmp_path), scratch_dir=tmp_path / "absent")

@@ -38,7 +38,8 @@ from ._spatialdata import (
 
 logger = logging.getLogger(__name__)
 
-TRANSCRIPT_PATTERNS = ("*tx_file.csv", "*tx_file.csv.gz", "*tx_file.parquet")
+# Tried in this order: the first two are read in blocks, a gzipped file only with scratch_dir.
+TRANSCRIPT_PATTERNS = ("*tx_file.csv", "*tx_file.parquet", "*tx_file.csv.gz")
 FOV_POSITION_PATTERNS = ("*fov_positions_file.csv", "*fov_positions_file.csv.gz")
 LABEL_MASK_NAME = re.compile(r"^CellLabels_F(\d+)\.tiff?$")
 

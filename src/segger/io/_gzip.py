@@ -21,7 +21,10 @@ logger = logging.getLogger(__name__)
 # Bytes decompressed and written at a time.
 _COPY_BYTES = 4 * 2**20
 
-_WHOLE = "read the gzipped file whole into memory"
+_WHOLE = "read a gzipped transcripts file whole into memory"
+
+# Errors that gzip and zlib raise for data that is not gzip or ends early.
+GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
 
 
 def is_gzipped(file: Path) -> bool:
@@ -111,6 +114,16 @@ def readable_file(file: Path, scratch_dir: str | PathLike[str] | None) -> Iterat
         readable.remove()
 
 
+def broken_gzip(file: Path, error: BaseException) -> ValueError:
+    """Return the error for a gzipped ``file`` that could not be decompressed, naming it and the fix."""
+    msg = (
+        f"{file.name} in {str(file.parent)!r} could not be decompressed: {error}. The file is "
+        "incomplete or not gzip data, as after an interrupted download or copy. Copy it again "
+        "from the instrument's output."
+    )
+    return ValueError(msg)
+
+
 def decompress(file: Path, target: Path) -> None:
     """Decompress the gzipped ``file`` into ``target``, a few megabytes at a time.
 
@@ -125,13 +138,8 @@ def decompress(file: Path, target: Path) -> None:
     try:
         with gzip.open(file, "rb") as source, open(target, "wb") as sink:
             shutil.copyfileobj(source, sink, _COPY_BYTES)
-    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
-        msg = (
-            f"{file.name} in {str(file.parent)!r} could not be decompressed: {error}. The file is "
-            "incomplete or not gzip data, as after an interrupted download or copy; copy it again "
-            "from the instrument's output."
-        )
-        raise ValueError(msg) from error
+    except GZIP_ERRORS as error:
+        raise broken_gzip(file, error) from error
     except OSError as error:
         msg = (
             f"Decompressing {file.name} into {target.parent} failed: {error}. The copy takes as much "

@@ -17,6 +17,7 @@ from spatialdata.models import PointsModel, ShapesModel
 from spatialdata.transformations import Identity
 
 from .. import _constants as C
+from ._gzip import GZIP_ERRORS, broken_gzip
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +165,8 @@ def read_transcript_table(file: Path) -> pd.DataFrame:
         frame = pd.read_parquet(file) if file.name.endswith(".parquet") else pd.read_csv(file)
     except pd.errors.EmptyDataError:
         frame = pd.DataFrame()
+    except GZIP_ERRORS as error:
+        raise broken_gzip(file, error) from error
     if frame.empty:
         raise_no_transcripts(file)
     return frame

@@ -16,6 +16,7 @@ from spatialdata import SpatialData
 
 from .. import _constants as C
 from .._repeats import Repeats, find_repeats
+from ._gzip import GZIP_ERRORS, broken_gzip
 from ._shapes import polygons_from_vertices
 from ._spatialdata import (
     VENDOR_FILE_HINT,
@@ -295,3 +296,5 @@ def _read_table(file: Path) -> pd.DataFrame:
         return pd.read_parquet(file) if file.name.endswith(".parquet") else pd.read_csv(file)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
+    except GZIP_ERRORS as error:
+        raise broken_gzip(file, error) from error
