@@ -174,7 +174,7 @@ def _add_segment_command(commands: argparse._SubParsersAction) -> None:
         nargs="?",
         metavar="INPUT",
         help=(
-            "Xenium output folder (containing transcripts.parquet or transcripts.csv.gz), MERSCOPE folder "
+            "Xenium output folder (transcripts.parquet, .csv or .csv.gz), MERSCOPE folder "
             "(detected_transcripts.parquet, .csv or .csv.gz), CosMx folder (*tx_file.parquet, .csv or "
             ".csv.gz) or SpatialData zarr store. Omit it to segment the synthetic tissue of "
             "segger.datasets.toy()."
@@ -351,7 +351,7 @@ def _add_segment_command(commands: argparse._SubParsersAction) -> None:
         help=(
             "Keep the per-transcript arrays and the two new points columns as memory-mapped files "
             "in new folders inside DIR, deleted before segger exits. DIR needs about 80 bytes per "
-            "transcript. A gzipped MERSCOPE or CosMx transcripts file is decompressed there too, "
+            "transcript. A gzipped transcripts file of a vendor folder is decompressed there too, "
             "and read in blocks instead of whole (default: in memory)."
         ),
     )
@@ -554,7 +554,7 @@ def _read_input(
         return spatialdata.read_zarr(source)
     if any((source / name).is_file() for name in TRANSCRIPT_FILES):
         logger.info("Reading the Xenium folder %s.", source)
-        return io.xenium(source)
+        return io.xenium(source, scratch_dir=scratch_dir)
     if any((source / name).is_file() for name in MERSCOPE_TRANSCRIPT_FILES):
         logger.info("Reading the MERSCOPE folder %s.", source)
         return io.merscope(source, scratch_dir=scratch_dir)

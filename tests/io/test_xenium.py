@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import logging
 
 import geopandas as gpd
@@ -253,6 +254,80 @@ def test_xenium_duplicate_ids_across_row_groups(tmp_path, monkeypatch, bucket):
 
     with pytest.raises(ValueError, match="12 rows whose transcript_id another row shares"):
         sg.io.xenium(folder)
+
+
+# Lazy reading of transcripts.csv and, with scratch_dir, transcripts.csv.gz
+
+
+def write_csv_folder(folder, transcripts: pd.DataFrame, *, gzipped: bool):
+    """Write ``transcripts.csv`` (or ``.csv.gz``) and nuclei."""
+    transcripts.to_csv(folder / ("transcripts.csv.gz" if gzipped else "transcripts.csv"), index=False)
+    make_vertices().to_parquet(folder / "nucleus_boundaries.parquet")
+    return folder
+
+
+def test_xenium_csv_blocks_equal_whole(tmp_path, monkeypatch):
+    transcripts = pd.concat([make_transcripts()] * 4, ignore_index=True)
+    transcripts["transcript_id"] = np.arange(len(transcripts), dtype=np.uint64)
+    folder = write_csv_folder(tmp_path, transcripts, gzipped=False)
+    whole = read_transcripts(folder / "transcripts.csv")
+    expected = build_spatialdata(whole, {"nucleus_boundaries": gpd.GeoDataFrame(geometry=[])})
+    monkeypatch.setattr("segger.io._csv.BYTES_PER_BLOCK", 200)
+
+    points = sg.io.xenium(folder).points["transcripts"]
+
+    # The 24 rows take 31 to 51 bytes each, so each block of about 200 bytes holds several.
+    assert points.npartitions == 4
+    pd.testing.assert_frame_equal(points.compute(), expected.points["transcripts"].compute())
+
+
+@pytest.mark.parametrize("bucket", [None, 5])
+def test_xenium_csv_duplicate_ids_across_blocks(tmp_path, monkeypatch, bucket):
+    transcripts = pd.concat([make_transcripts()] * 2, ignore_index=True)
+    monkeypatch.setattr("segger.io._csv.BYTES_PER_BLOCK", 100)
+    if bucket is not None:
+        monkeypatch.setattr("segger._repeats.BUCKET_SIZE", bucket)
+    folder = write_csv_folder(tmp_path, transcripts, gzipped=False)
+
+    with pytest.raises(ValueError, match="12 rows whose transcript_id another row shares"):
+        sg.io.xenium(folder)
+
+
+def test_xenium_csv_preferred_to_gzip(tmp_path):
+    folder = write_csv_folder(tmp_path, make_transcripts(), gzipped=False)
+    make_transcripts(3).to_csv(folder / "transcripts.csv.gz", index=False)
+
+    points = sg.io.xenium(folder).points["transcripts"]
+
+    assert len(points.compute()) == 6
+
+
+def test_xenium_lung_crop_gzipped_in_blocks(xenium_lung_path, tmp_path, monkeypatch, caplog):
+    folder = tmp_path / "gzipped"
+    folder.mkdir()
+    (folder / "nucleus_boundaries.parquet").symlink_to(xenium_lung_path / "nucleus_boundaries.parquet")
+    pd.read_parquet(xenium_lung_path / "transcripts.parquet").to_csv(
+        folder / "transcripts.csv.gz", index=False
+    )
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    whole = sg.io.xenium(folder).points["transcripts"].compute()
+    monkeypatch.setattr("segger.io._csv.BYTES_PER_BLOCK", 200_000)
+
+    with caplog.at_level(logging.INFO, logger="segger"):
+        sdata = sg.io.xenium(folder, scratch_dir=scratch)
+
+    points = sdata.points["transcripts"]
+    assert "Decompressed transcripts.csv.gz" in caplog.text
+    assert points.npartitions == 7
+    pd.testing.assert_frame_equal(points.compute(), whole)
+    # The values equal those read from the crop's own transcripts.parquet.
+    from_parquet = sg.io.xenium(xenium_lung_path).points["transcripts"].compute()
+    pd.testing.assert_frame_equal(points.compute(), from_parquet, check_dtype=False)
+
+    del sdata, points
+    gc.collect()
+    assert list(scratch.iterdir()) == []
 
 
 def test_xenium_zero_byte_parquet(tmp_path):

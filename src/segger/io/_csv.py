@@ -93,10 +93,11 @@ class CsvLayout(BlockLayout):
     blocks: tuple[CsvBlock, ...]
     dtypes: dict[str, np.dtype]
 
-    def read(self, block: CsvBlock) -> pd.DataFrame:
-        """Read one block with the file's column types, indexed by row number in the file."""
+    def read(self, block: CsvBlock, columns: list[str] | None = None) -> pd.DataFrame:
+        """Read one block, or only its ``columns``, with the file's column types, indexed by row number in the file."""
+        dtypes = self.dtypes if columns is None else {column: self.dtypes[column] for column in columns}
         frame = _read_lines(
-            self.file, self.header, block.start, block.stop, block.first_row, dtype=self.dtypes
+            self.file, self.header, block.start, block.stop, block.first_row, dtype=dtypes, usecols=columns
         )
         frame.index = pd.RangeIndex(block.first_row, block.first_row + len(frame))
         return frame

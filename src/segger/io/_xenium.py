@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from functools import partial
+from os import PathLike
 from pathlib import Path
 
 import dask.dataframe as dd
@@ -16,7 +17,15 @@ from spatialdata import SpatialData
 
 from .. import _constants as C
 from .._repeats import Repeats, find_repeats
-from ._gzip import GZIP_ERRORS, broken_gzip
+from ._csv import CsvBlock, CsvLayout, scan_transcripts_csv
+from ._gzip import (
+    GZIP_ERRORS,
+    broken_gzip,
+    check_reader_scratch_dir,
+    is_gzipped,
+    log_read_whole,
+    readable_file,
+)
 from ._shapes import polygons_from_vertices
 from ._spatialdata import (
     VENDOR_FILE_HINT,
@@ -31,7 +40,8 @@ from ._spatialdata import (
 
 logger = logging.getLogger(__name__)
 
-TRANSCRIPT_FILES = ("transcripts.parquet", "transcripts.csv.gz", "transcripts.csv")
+# Tried in this order: the first two are read in blocks, a gzipped file only with scratch_dir.
+TRANSCRIPT_FILES = ("transcripts.parquet", "transcripts.csv", "transcripts.csv.gz")
 NUCLEUS_FILES = ("nucleus_boundaries.parquet", "nucleus_boundaries.csv.gz", "nucleus_boundaries.csv")
 CELL_FILES = ("cell_boundaries.parquet", "cell_boundaries.csv.gz", "cell_boundaries.csv")
 
@@ -46,7 +56,9 @@ ROWS_PER_PARTITION = 1_000_000
 GENE_CATEGORIES = ("predesigned_gene", "custom_gene")
 
 
-def xenium(path: str | Path, *, cell_boundaries: bool = True) -> SpatialData:
+def xenium(
+    path: str | Path, *, cell_boundaries: bool = True, scratch_dir: str | PathLike[str] | None = None
+) -> SpatialData:
     """Read a Xenium output folder.
 
     Works on a full output bundle and on a bare folder holding only the files below.
@@ -58,6 +70,11 @@ def xenium(path: str | Path, *, cell_boundaries: bool = True) -> SpatialData:
         ``nucleus_boundaries.parquet`` (or ``.csv.gz``), and optionally ``cell_boundaries``.
     cell_boundaries
         Whether to read ``cell_boundaries`` when the folder has them.
+    scratch_dir
+        Existing folder into which a gzipped ``transcripts.csv.gz`` is decompressed, so that it
+        is read in blocks like a plain file, when the folder has no ``transcripts.parquet``.
+        The copy is deleted once the points element is garbage-collected or Python exits.
+        ``None`` reads a gzipped file whole into memory.
 
     Returns
     -------
@@ -66,11 +83,15 @@ def xenium(path: str | Path, *, cell_boundaries: bool = True) -> SpatialData:
     ``is_control`` and every other vendor column unchanged) and the shapes elements
     ``"nucleus_boundaries"`` and, when present, ``"cell_boundaries"``, indexed by Xenium's cell id.
     Control probes are flagged in ``is_control`` and kept.
+
+    ``transcripts.parquet`` is read lazily, a group of row groups at a time, and so is a plain
+    ``transcripts.csv``, in blocks of about 16 MB, or a gzipped one with ``scratch_dir``.
     """
     folder = Path(path)
     if not folder.is_dir():
         msg = f"Xenium folder {str(folder)!r} does not exist or is not a folder."
         raise FileNotFoundError(msg)
+    scratch_dir = check_reader_scratch_dir(scratch_dir)
 
     transcripts_file = _find_file(folder, TRANSCRIPT_FILES, required=True)
     nucleus_file = _find_file(folder, NUCLEUS_FILES, required=True)
@@ -79,7 +100,11 @@ def xenium(path: str | Path, *, cell_boundaries: bool = True) -> SpatialData:
     if transcripts_file.name.endswith(".parquet"):
         points = read_parquet_transcripts(transcripts_file)
         n_features = len(points[C.FEATURE_NAME].cat.categories)
+    elif not is_gzipped(transcripts_file) or scratch_dir is not None:
+        points = read_csv_transcripts_lazily(transcripts_file, scratch_dir=scratch_dir)
+        n_features = len(points[C.FEATURE_NAME].cat.categories)
     else:
+        log_read_whole(transcripts_file)
         points = read_transcripts(transcripts_file)
         n_features = points[C.FEATURE_NAME].nunique()
 
@@ -163,6 +188,68 @@ def read_parquet_transcripts(file: str | Path, *, rows_per_partition: int | None
         label="xenium-transcripts",
         enforce_metadata=False,
     )
+
+
+def read_csv_transcripts_lazily(
+    file: str | Path, *, scratch_dir: str | PathLike[str] | None = None, block_bytes: int | None = None
+) -> dd.DataFrame:
+    """Read a Xenium ``transcripts.csv`` lazily into the points schema, as a dask DataFrame.
+
+    One pass reads the file block by block to check the coordinates and gene names and to
+    collect the genes, and a second reads only ``transcript_id`` to check that no id repeats.
+    The returned frame reads and converts each block only when it is computed.
+
+    Parameters
+    ----------
+    file
+        ``transcripts.csv``, or ``transcripts.csv.gz`` with ``scratch_dir``.
+    scratch_dir
+        See :func:`xenium`.
+    block_bytes
+        Approximate bytes per partition, :data:`segger.io._csv.BYTES_PER_BLOCK` when ``None``.
+
+    Returns
+    -------
+    The transcripts as :func:`read_transcripts` returns them, with ``feature_name`` a
+    categorical of the sorted gene names.
+    """
+    file = Path(file)
+    with readable_file(file, scratch_dir) as readable:
+        checks = TranscriptChecks(COORDINATE_COLUMNS, C.FEATURE_NAME)
+        genes: set[str] = set()
+
+        def inspect(frame: pd.DataFrame) -> None:
+            checks.add(frame)
+            genes.update(frame[C.FEATURE_NAME].dropna().astype(str).unique())
+
+        layout = scan_transcripts_csv(
+            readable.path, required=REQUIRED_COLUMNS, inspect=inspect, block_bytes=block_bytes
+        )
+        checks.check(layout.n_rows, source=readable.path.name)
+        if C.TRANSCRIPT_ID in layout.dtypes:
+            _check_unique_csv_ids(layout, source=readable.path.name)
+
+        ordered = tuple(sorted(genes))
+        meta = _to_points_schema(layout.empty_frame(), row_offset=0, genes=ordered)
+        load = partial(_load_csv_block, layout=layout, genes=ordered)
+        points = layout.to_dask(load, meta=meta, label="xenium-transcripts")
+        readable.keep_while(load)
+    return points
+
+
+def _check_unique_csv_ids(layout: CsvLayout, *, source: str) -> None:
+    """Raise ValueError when ``transcript_id`` repeats a value, reading only that column a block at a time."""
+
+    def read_blocks() -> Iterator[np.ndarray]:
+        for block in layout.blocks:
+            yield layout.read(block, columns=[C.TRANSCRIPT_ID])[C.TRANSCRIPT_ID].to_numpy().astype(np.int64)
+
+    _raise_for_repeats(find_repeats(read_blocks, layout.n_rows), source=source)
+
+
+def _load_csv_block(block: CsvBlock, *, layout: CsvLayout, genes: tuple[str, ...]) -> pd.DataFrame:
+    """Read one block of ``transcripts.csv`` and convert it to the points schema."""
+    return _to_points_schema(layout.read(block), row_offset=block.first_row, genes=genes)
 
 
 def _row_group_partitions(
