@@ -534,7 +534,7 @@ def test_cosmx_pixels_kept_only_for_masks(tmp_path, monkeypatch):
 
 
 def test_mask_check_reads_nearby_columns(caplog):
-    from segger.io._cosmx import SortedPixels, _check_mask
+    from segger.io._cosmx import SortedPixels, _assigned, _check_mask
 
     rng = np.random.default_rng(2)
     n = 50_000
@@ -549,7 +549,7 @@ def test_mask_check_reads_nearby_columns(caplog):
             "y_global_px": rng.uniform(0, 100, n),
         }
     )
-    pixels = SortedPixels.from_frames([points[points["cell_ID"] > 0]])
+    pixels = SortedPixels.from_blocks([_assigned(points)])
     for origin in [(0.0, 0.0), (50.0, 20.0), (100.5, 60.0), (170.0, 0.0), (400.0, 0.0)]:
         with caplog.at_level(logging.INFO, logger="segger"):
             expected = _check_mask(labels, origin, 2, points, min_agreement=0.2, name="m")

@@ -252,7 +252,7 @@ class _ShapeInputs:
         """Select the columns from points converted by :func:`read_transcripts`."""
         return cls(
             nuclear=points.loc[points[C.OVERLAPS_NUCLEUS], list(NUCLEAR_COLUMNS)],
-            pixels=SortedPixels.from_frames([_assigned(points)]),
+            pixels=SortedPixels.from_blocks([_assigned(points)]),
             fovs=sorted(points["fov"].unique().tolist()),
             n_transcripts=len(points),
             n_features=points[C.FEATURE_NAME].nunique(),
@@ -330,7 +330,7 @@ def read_transcripts_lazily(
         readable.keep_while(load)
     shape_inputs = _ShapeInputs(
         nuclear=pd.concat(scan.nuclear),
-        pixels=SortedPixels.from_frames(scan.pixels),
+        pixels=SortedPixels.from_blocks(scan.pixels),
         fovs=sorted(scan.fovs),
         n_transcripts=layout.n_rows,
         n_features=len(features),
@@ -350,7 +350,7 @@ class _Scan:
     features: set[str] = field(default_factory=set)
     fovs: set[int] = field(default_factory=set)
     nuclear: list[pd.DataFrame] = field(default_factory=list)
-    pixels: list[pd.DataFrame] = field(default_factory=list)
+    pixels: list[dict[str, np.ndarray]] = field(default_factory=list)
 
     def __call__(self, frame: pd.DataFrame) -> None:
         self.checks.add(frame)
@@ -554,7 +554,7 @@ def read_label_masks(
 
     if isinstance(points, pd.DataFrame):
         fovs = sorted(points["fov"].unique().tolist()) if fovs is None else fovs
-        points = SortedPixels.from_frames([_assigned(points)])
+        points = SortedPixels.from_blocks([_assigned(points)])
     transcript_fovs = points.fovs() if fovs is None else fovs
     unlisted = sorted(set(transcript_fovs) - set(positions.index))
     if unlisted:
@@ -619,18 +619,18 @@ class SortedPixels:
         self.columns = columns
 
     @classmethod
-    def from_frames(cls, frames: list[pd.DataFrame]) -> SortedPixels:
-        """Gather the rows of ``frames``, assigned transcripts only, and sort them by x, one column at a time."""
-        x = np.concatenate(
-            [np.empty(0), *(frame["x_global_px"].to_numpy(dtype=np.float64) for frame in frames)]
-        )
+    def from_blocks(cls, blocks: list[dict[str, np.ndarray]]) -> SortedPixels:
+        """Join the columns of ``blocks`` from :func:`_assigned` and sort them by x, one column at a time.
+
+        Each column is removed from the blocks once joined, so that at most one extra column
+        is in memory at a time.
+        """
+        x = np.concatenate([np.empty(0), *(block.pop("x_global_px") for block in blocks)])
         order = np.argsort(x, kind="stable")
         columns = {"x_global_px": x[order]}
         del x
-        for name, dtype in (("y_global_px", np.float64), ("fov", np.int64), ("cell_ID", np.int64)):
-            values = np.concatenate(
-                [np.empty(0, dtype), *(frame[name].to_numpy(dtype=dtype) for frame in frames)]
-            )
+        for name in ("y_global_px", "fov", "cell_ID"):
+            values = np.concatenate([np.empty(0, np.int32), *(block.pop(name) for block in blocks)])
             columns[name] = values[order]
         return cls(columns)
 
@@ -652,9 +652,22 @@ class SortedPixels:
         return pd.DataFrame({name: values[start:stop] for name, values in self.columns.items()})
 
 
-def _assigned(points: pd.DataFrame) -> pd.DataFrame:
-    """Return the pixel columns of the transcripts of ``points`` that are assigned to a cell."""
-    return points.loc[points["cell_ID"].to_numpy(dtype=np.int64) > 0, list(PIXEL_COLUMNS)]
+def _assigned(points: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Return the pixel columns of the transcripts of ``points`` that are assigned to a cell, as compact arrays.
+
+    ``fov`` and ``cell_ID`` are int32 when their values fit, and the positions float64.
+    """
+    assigned = points["cell_ID"].to_numpy(dtype=np.int64) > 0
+    columns = {}
+    for name in PIXEL_COLUMNS:
+        values = points[name].to_numpy()[assigned]
+        if name in ("fov", "cell_ID"):
+            fits = np.abs(values).max(initial=0) <= np.iinfo(np.int32).max
+            values = values.astype(np.int32 if fits else np.int64)
+        else:
+            values = values.astype(np.float64)
+        columns[name] = values
+    return columns
 
 
 def mask_polygons(
