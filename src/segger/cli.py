@@ -480,7 +480,10 @@ def _check_scratch_outside_input(value: str, source: Path | None) -> None:
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from error
     if source is not None and (scratch == source or source in scratch.parents):
-        msg = f"--scratch-dir {value!r} is inside INPUT, which segger only reads. Choose a scratch folder outside INPUT."
+        msg = (
+            f"--scratch-dir {value!r} is INPUT or lies inside it, but segger only reads INPUT. "
+            "Choose a scratch folder outside INPUT."
+        )
         raise UsageError(msg)
 
 

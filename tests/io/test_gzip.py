@@ -176,3 +176,30 @@ def test_broken_gzip_read_whole(tmp_path, reader, damage):
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
         [file.name, "nucleus_boundaries.parquet"]
     )
+
+
+COSMX_HEADER = b"fov,cell_ID,x_global_px,y_global_px,target,CellComp\n"
+
+
+@pytest.mark.parametrize("content", [b"", COSMX_HEADER])
+def test_copy_errors_name_original(tmp_path, content):
+    write_gzipped(tmp_path / "Run1_tx_file.csv.gz", content)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+
+    with pytest.raises(ValueError, match=r"^Run1_tx_file\.csv\.gz in '.*' contains no transcripts") as raised:
+        sg.io.cosmx(tmp_path, scratch_dir=scratch)
+
+    assert f"in {str(tmp_path)!r}" in str(raised.value)
+    assert "segger-input-" not in str(raised.value)
+    assert list(scratch.iterdir()) == []
+
+
+def test_cut_line_read_whole(tmp_path):
+    lines = COSMX_HEADER + b"1,0,1.0,2.0,KRT8,Nuclear\n"
+    write_gzipped(tmp_path / "Run1_tx_file.csv.gz", lines + b'1,0,"3.0,4.0,KRT8,Nuclear\n')
+
+    with pytest.raises(
+        ValueError, match=r"Run1_tx_file\.csv\.gz in .* could not be parsed: .*Check that the export"
+    ):
+        sg.io.cosmx(tmp_path)

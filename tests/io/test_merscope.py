@@ -533,7 +533,7 @@ def test_merscope_gzipped_bad_rows_leave_scratch_dir_empty(tmp_path, monkeypatch
     scratch.mkdir()
 
     with pytest.raises(
-        ValueError, match=r"1 of 6 transcripts in detected_transcripts\.csv have no 'gene' value"
+        ValueError, match=r"1 of 6 transcripts in detected_transcripts\.csv\.gz have no 'gene' value"
     ):
         sg.io.merscope(folder, scratch_dir=scratch)
 

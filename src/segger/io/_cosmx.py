@@ -79,7 +79,8 @@ def cosmx(
     Parameters
     ----------
     path
-        Folder holding the transcript file ``*tx_file.csv`` (or ``.csv.gz``). Optional: label
+        Folder holding the transcript file ``*tx_file.csv``, ``.parquet`` or ``.csv.gz``, tried in
+        this order. Optional: label
         masks ``CellLabels_F<fov>.tif`` anywhere below it, placed by ``*fov_positions_file.csv``
         in the folder itself.
     pixel_size
@@ -212,9 +213,10 @@ def cosmx(
             shapes[C.CELL_SHAPES_KEY] = cells
 
     logger.info(
-        "Read %d transcripts of %d features, %d nuclei and %d cell polygons from %s.",
+        "Read %d transcripts of %d features from %s, %d nuclei and %d cell polygons from %s.",
         shape_inputs.n_transcripts,
         shape_inputs.n_features,
+        transcripts_file.name,
         len(shapes.get(C.NUCLEUS_SHAPES_KEY, ())),
         len(shapes.get(C.CELL_SHAPES_KEY, ())),
         folder,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -85,7 +86,8 @@ def readable_file(file: Path, scratch_dir: str | PathLike[str] | None) -> Iterat
     """Yield ``file``, or for a gzipped one a decompressed copy in a new folder inside ``scratch_dir``.
 
     The copy is deleted when the block raises, or when it ends without
-    :meth:`ReadableFile.keep_while` having been called.
+    :meth:`ReadableFile.keep_while` having been called. A ValueError raised in the block about
+    the copy is raised again with ``file`` and its folder named instead.
 
     Raises
     ------
@@ -107,6 +109,9 @@ def readable_file(file: Path, scratch_dir: str | PathLike[str] | None) -> Iterat
     try:
         decompress(file, readable.path)
         yield readable
+    except ValueError as error:
+        readable.remove()
+        raise ValueError(_name_original(str(error), readable.path, file)) from error
     except BaseException:
         readable.remove()
         raise
@@ -119,9 +124,24 @@ def broken_gzip(file: Path, error: BaseException) -> ValueError:
     msg = (
         f"{file.name} in {str(file.parent)!r} could not be decompressed: {error}. The file is "
         "incomplete or not gzip data, as after an interrupted download or copy. Copy it again "
-        "from the instrument's output."
+        "from the instrument's output, or, if it is plain text, remove the .gz from its name."
     )
     return ValueError(msg)
+
+
+def unparsable_csv(file: Path, error: BaseException) -> ValueError:
+    """Return the error for a CSV ``file``, read whole, that pandas could not parse."""
+    msg = (
+        f"{file.name} in {str(file.parent)!r} could not be parsed: {error}. Check that the export is "
+        "complete and that the file was not edited, or replace it with the instrument's original file."
+    )
+    return ValueError(msg)
+
+
+def _name_original(message: str, copy: Path, file: Path) -> str:
+    """Return ``message`` about the decompressed ``copy`` with the gzipped ``file`` and its folder named instead."""
+    message = message.replace(str(copy.parent), str(file.parent))
+    return re.sub(re.escape(copy.name) + r"(?!\.gz)", file.name, message)
 
 
 def decompress(file: Path, target: Path) -> None:

@@ -68,7 +68,8 @@ def merscope(
     Parameters
     ----------
     path
-        Folder holding ``detected_transcripts.csv`` (or ``.parquet``) and the cell polygons,
+        Folder holding ``detected_transcripts.parquet``, ``.csv`` or ``.csv.gz``, tried in this
+        order, and the cell polygons,
         either ``cell_boundaries.parquet`` or the older per-FOV files
         ``cell_boundaries/feature_data_*.hdf5``.
     z_step
@@ -140,10 +141,11 @@ def merscope(
         summary = _Summary.from_points(points)
 
     logger.info(
-        "Read %d transcripts of %d features and %d cell polygons from %s. %d transcripts (%.1f %%) "
-        "lie inside a polygon.",
+        "Read %d transcripts of %d features from %s and %d cell polygons from %s. %d transcripts "
+        "(%.1f %%) lie inside a polygon.",
         summary.n_transcripts,
         summary.n_features,
+        transcripts_file.name,
         len(shapes),
         folder,
         summary.n_inside,

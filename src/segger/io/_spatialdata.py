@@ -17,7 +17,7 @@ from spatialdata.models import PointsModel, ShapesModel
 from spatialdata.transformations import Identity
 
 from .. import _constants as C
-from ._gzip import GZIP_ERRORS, broken_gzip
+from ._gzip import GZIP_ERRORS, broken_gzip, unparsable_csv
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +167,8 @@ def read_transcript_table(file: Path) -> pd.DataFrame:
         frame = pd.DataFrame()
     except GZIP_ERRORS as error:
         raise broken_gzip(file, error) from error
+    except pd.errors.ParserError as error:
+        raise unparsable_csv(file, error) from error
     if frame.empty:
         raise_no_transcripts(file)
     return frame

@@ -25,6 +25,7 @@ from ._gzip import (
     is_gzipped,
     log_read_whole,
     readable_file,
+    unparsable_csv,
 )
 from ._shapes import polygons_from_vertices
 from ._spatialdata import (
@@ -66,7 +67,7 @@ def xenium(
     Parameters
     ----------
     path
-        Folder holding ``transcripts.parquet`` (or ``transcripts.csv.gz``) and
+        Folder holding ``transcripts.parquet``, ``.csv`` or ``.csv.gz``, tried in this order, and
         ``nucleus_boundaries.parquet`` (or ``.csv.gz``), and optionally ``cell_boundaries``.
     cell_boundaries
         Whether to read ``cell_boundaries`` when the folder has them.
@@ -113,9 +114,10 @@ def xenium(
         shapes[C.CELL_SHAPES_KEY] = _read_boundaries(cell_file)
 
     logger.info(
-        "Read %d transcripts of %d features and %d nuclei from %s.",
+        "Read %d transcripts of %d features from %s and %d nuclei from %s.",
         len(points),
         n_features,
+        transcripts_file.name,
         len(shapes[C.NUCLEUS_SHAPES_KEY]),
         folder,
     )
@@ -385,3 +387,5 @@ def _read_table(file: Path) -> pd.DataFrame:
         return pd.DataFrame()
     except GZIP_ERRORS as error:
         raise broken_gzip(file, error) from error
+    except pd.errors.ParserError as error:
+        raise unparsable_csv(file, error) from error
