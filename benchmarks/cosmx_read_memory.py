@@ -3,9 +3,10 @@
 The real CosMx crop in ``../shared/data/cosmx_lung9_sample1`` (23,844 transcripts, one FOV) is
 repeated side by side until ``tx_file.csv`` has the requested number of rows. Each copy gets
 its own FOV number, so its cells are distinct, and the folder links the crop's label mask and
-FOV positions, so the mask check runs. For each size, a fresh process calls ``sg.io.cosmx`` on
-the folder, which reads the file in blocks of about 16 MB and builds the nucleus polygons. A
-thread samples ``RssAnon`` every 10 ms.
+FOV positions, so the mask check runs. For each size and mode, a fresh process calls
+``sg.io.cosmx`` on the folder, which reads the file in blocks of about 16 MB and builds the
+nucleus polygons, without ``scratch_dir`` or with one, where the positions that the mask check
+needs are kept. A thread samples ``RssAnon`` every 10 ms.
 
 Usage::
 
@@ -31,6 +32,8 @@ from run_segmentation import DEFAULT_CACHE, machine_facts, markdown_table
 from scratch_memory import StatusSampler, read_status
 
 logger = logging.getLogger("segger_benchmark")
+
+MODES = ("in memory", "scratch_dir")
 
 CROP = Path(__file__).resolve().parents[2] / "shared" / "data" / "cosmx_lung9_sample1"
 GAP_PX = 500.0
@@ -68,8 +71,8 @@ def repeated_folder(crop: Path, cache: Path, n_rows: int) -> Path:
     return folder
 
 
-def measure(folder: Path) -> dict[str, Any]:
-    """Read ``folder`` with ``sg.io.cosmx`` and return the time, the memory added and what was read."""
+def measure(folder: Path, mode: str) -> dict[str, Any]:
+    """Read ``folder`` with ``sg.io.cosmx`` in ``mode`` and return the time, the memory added and what was read."""
     import gc
 
     import segger as sg
@@ -78,9 +81,9 @@ def measure(folder: Path) -> dict[str, Any]:
     gc.collect()
     release_freed_memory()
     memory_before = read_status(("RssAnon",))["RssAnon"]
-    with StatusSampler() as sampler:
+    with tempfile.TemporaryDirectory(prefix="segger-cosmx-") as scratch, StatusSampler() as sampler:
         start = time.perf_counter()
-        sdata = sg.io.cosmx(folder)
+        sdata = sg.io.cosmx(folder, scratch_dir=scratch if mode == MODES[1] else None)
         seconds = time.perf_counter() - start
     gc.collect()
     release_freed_memory()
@@ -94,26 +97,33 @@ def measure(folder: Path) -> dict[str, Any]:
     }
 
 
-def run_worker(folder: Path) -> dict[str, Any]:
+def run_worker(folder: Path, mode: str) -> dict[str, Any]:
     """Run :func:`measure` in a fresh Python process and return its result."""
     with tempfile.TemporaryDirectory() as scratch:
         result = Path(scratch) / "result.json"
-        command = [sys.executable, __file__, "--worker", "--folder", str(folder), "--result", str(result)]
+        command = [sys.executable, __file__, "--worker", "--folder", str(folder), "--mode", mode]
+        command += ["--result", str(result)]
         subprocess.run(command, check=True)
         return json.loads(result.read_text())
 
 
-def report(results: dict[int, dict[str, Any]]) -> str:
-    """Return the markdown section: one column per size."""
+def report(results: dict[int, dict[str, dict[str, Any]]]) -> str:
+    """Return the markdown section: one column per size, the time and memory of each mode."""
     sizes = list(results)
+    first = {n: results[n][MODES[0]] for n in sizes}
     rows = [
         ["transcripts", *[f"{n:,}" for n in sizes]],
-        ["partitions", *[str(results[n]["n_partitions"]) for n in sizes]],
-        ["nuclei", *[f"{results[n]['n_nuclei']:,}" for n in sizes]],
-        ["read (s)", *[f"{results[n]['seconds']:.1f}" for n in sizes]],
-        ["peak memory added (GB)", *[f"{results[n]['added'] / 1e9:.2f}" for n in sizes]],
-        ["kept after the call (GB)", *[f"{results[n]['kept'] / 1e9:.2f}" for n in sizes]],
+        ["partitions", *[str(first[n]["n_partitions"]) for n in sizes]],
+        ["nuclei", *[f"{first[n]['n_nuclei']:,}" for n in sizes]],
     ]
+    for mode in MODES:
+        rows.append([f"{mode}: read (s)", *[f"{results[n][mode]['seconds']:.1f}" for n in sizes]])
+        rows.append(
+            [f"{mode}: peak memory added (GB)", *[f"{results[n][mode]['added'] / 1e9:.2f}" for n in sizes]]
+        )
+        rows.append(
+            [f"{mode}: kept after the call (GB)", *[f"{results[n][mode]['kept'] / 1e9:.2f}" for n in sizes]]
+        )
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = shlex.join(["python", *sys.argv])
     facts = "\n".join(f"- {name}: {value}" for name, value in machine_facts().items())
@@ -121,8 +131,9 @@ def report(results: dict[int, dict[str, Any]]) -> str:
         "## Memory of reading a large CosMx transcripts file",
         f"Measured on {date} with\n\n```bash\n{command}\n```",
         markdown_table(["", *[f"{n:,} rows" for n in sizes]], rows),
-        "Each column is a fresh process that calls `sg.io.cosmx` on a folder whose `tx_file.csv` "
-        "repeats the rows of the real lung crop side by side, each copy with its own FOV number. "
+        "Each cell is a fresh process that calls `sg.io.cosmx` on a folder whose `tx_file.csv` "
+        "repeats the rows of the real lung crop side by side, each copy with its own FOV number, "
+        "without `scratch_dir` or with one, where the positions of the mask check are kept. "
         "*Peak memory added* is the peak of `RssAnon` during the call, sampled every 10 ms, minus "
         "its value before; *kept* is what the returned object still holds after freed memory was "
         "returned to the system. GB means 10⁹ bytes.",
@@ -140,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crop-path", type=Path, default=CROP, help="the real CosMx crop to repeat")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     return parser
 
@@ -147,16 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.worker:
-        args.result.write_text(json.dumps(measure(args.folder)))
+        args.result.write_text(json.dumps(measure(args.folder, args.mode)))
         return 0
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    results: dict[int, dict[str, Any]] = {}
+    results: dict[int, dict[str, dict[str, Any]]] = {}
     for n_rows in (int(value) for value in args.rows.split(",")):
         logger.info("Writing a CosMx file of %d rows.", n_rows)
         folder = repeated_folder(args.crop_path, args.cache_dir, n_rows)
-        logger.info("Reading %d rows.", n_rows)
-        results[n_rows] = run_worker(folder)
+        results[n_rows] = {}
+        for mode in MODES:
+            logger.info("Reading %d rows: %s.", n_rows, mode)
+            results[n_rows][mode] = run_worker(folder, mode)
 
     text = report(results)
     if args.output is not None:

@@ -484,13 +484,16 @@ def test_hull_vertices_give_same_nuclei(caplog):
     assert sum(block["n_transcripts"].sum() for block in blocks) == points["overlaps_nucleus"].sum()
 
 
-def test_cosmx_lung_crop_keeps_hull_vertices():
-    from segger.io._cosmx import nucleus_polygons, read_transcripts_lazily
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_cosmx_lung_crop_keeps_hull_vertices(tmp_path, on_disk):
+    from segger._scratch import ArrayStore
+    from segger.io._cosmx import MaskPixels, nucleus_polygons, read_transcripts_lazily
 
     file = shared_dataset("cosmx_lung9_sample1") / "tx_file.csv"
     points, nuclei = read_eagerly(file.parent, "tx_file.csv")
+    store = ArrayStore(tmp_path) if on_disk else ArrayStore()
 
-    _, inputs = read_transcripts_lazily(file, block_bytes=20_000)
+    _, inputs = read_transcripts_lazily(file, block_bytes=20_000, pixels=MaskPixels(store))
 
     # 1,647 hull vertices of 20 kB blocks stand for the 9,315 nuclear transcripts of the crop.
     assert points["overlaps_nucleus"].sum() == 9_315
@@ -500,9 +503,39 @@ def test_cosmx_lung_crop_keeps_hull_vertices():
     np.testing.assert_array_equal(
         shapely.to_wkb(from_blocks.geometry.array), shapely.to_wkb(nuclei.geometry.array)
     )
-    # Only the assigned transcripts are kept for the mask checks.
-    assert len(inputs.pixels) == (points["cell_ID"] > 0).sum()
+    # Only the assigned transcripts are kept for the mask checks, sorted by x.
+    assigned = points[points["cell_ID"] > 0].sort_values("x_global_px", kind="stable")
+    for name in ("x_global_px", "y_global_px", "fov", "cell_ID"):
+        np.testing.assert_array_equal(inputs.pixels.columns[name], assigned[name].to_numpy())
+        assert isinstance(inputs.pixels.columns[name], np.memmap) == on_disk
     assert inputs.fovs == [9]
+
+
+def test_cosmx_mask_positions_in_scratch_dir(tmp_path, monkeypatch):
+    from segger.io import _cosmx
+
+    folder = shared_dataset("cosmx_lung9_sample1")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    seen = []
+
+    def record(self):
+        seen.extend(path.name for path in scratch.glob("segger-*/*"))
+        return sorted_pixels(self)
+
+    sorted_pixels = _cosmx.MaskPixels.sorted
+    monkeypatch.setattr(_cosmx.MaskPixels, "sorted", record)
+    plain = sg.io.cosmx(folder)
+
+    sdata = sg.io.cosmx(folder, scratch_dir=scratch)
+
+    # The unsorted columns were on disk while the masks were read, and the folder is gone after.
+    assert sorted(seen) == [
+        f"mask_{name}_unsorted.npy" for name in ("cell_ID", "fov", "x_global_px", "y_global_px")
+    ]
+    assert list(scratch.iterdir()) == []
+    assert sdata.shapes["cell_boundaries"].index.equals(plain.shapes["cell_boundaries"].index)
+    assert sdata.shapes["cell_boundaries"].geom_equals(plain.shapes["cell_boundaries"]).all()
 
 
 def test_cosmx_pixels_kept_only_for_masks(tmp_path, monkeypatch):
@@ -511,7 +544,7 @@ def test_cosmx_pixels_kept_only_for_masks(tmp_path, monkeypatch):
     requested = []
 
     def spy(*args, **kwargs):
-        requested.append(kwargs["keep_pixels"])
+        requested.append(kwargs["pixels"] is not None)
         return read_lazily(*args, **kwargs)
 
     read_lazily = _cosmx.read_transcripts_lazily
@@ -528,13 +561,13 @@ def test_cosmx_pixels_kept_only_for_masks(tmp_path, monkeypatch):
     sg.io.cosmx(without, pixel_size=PIXEL_SIZE)
 
     assert requested == [True, False, False]
-    _, inputs = read_lazily(without / "Run1_tx_file.csv", keep_pixels=False)
-    assert len(inputs.pixels) == 0
+    _, inputs = read_lazily(without / "Run1_tx_file.csv")
+    assert inputs.pixels is None
     assert inputs.fovs == [3, 4]
 
 
 def test_mask_check_reads_nearby_columns(caplog):
-    from segger.io._cosmx import SortedPixels, _assigned, _check_mask
+    from segger.io._cosmx import MaskPixels, _check_mask
 
     rng = np.random.default_rng(2)
     n = 50_000
@@ -549,7 +582,9 @@ def test_mask_check_reads_nearby_columns(caplog):
             "y_global_px": rng.uniform(0, 100, n),
         }
     )
-    pixels = SortedPixels.from_blocks([_assigned(points)])
+    collected = MaskPixels()
+    collected.add(points)
+    pixels = collected.sorted()
     for origin in [(0.0, 0.0), (50.0, 20.0), (100.5, 60.0), (170.0, 0.0), (400.0, 0.0)]:
         with caplog.at_level(logging.INFO, logger="segger"):
             expected = _check_mask(labels, origin, 2, points, min_agreement=0.2, name="m")

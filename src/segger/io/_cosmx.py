@@ -22,6 +22,8 @@ from spatialdata import SpatialData
 from tqdm.auto import tqdm
 
 from .. import _constants as C
+from .._grouping import row_blocks
+from .._scratch import ArrayStore
 from ._csv import CsvBlock, CsvLayout
 from ._gzip import check_reader_scratch_dir, is_gzipped, log_read_whole, readable_file
 from ._parquet import ParquetLayout, RowGroup, scan_transcript_file
@@ -47,7 +49,7 @@ REQUIRED_COLUMNS = ("fov", "cell_ID", "x_global_px", "y_global_px", "target", "C
 COORDINATE_COLUMNS = ("x_global_px", "y_global_px", "z")
 # Columns of the converted points that the nucleus polygons and the label-mask checks read.
 NUCLEAR_COLUMNS = (C.CELL_ID, C.X, C.Y, C.OVERLAPS_NUCLEUS)
-PIXEL_COLUMNS = ("fov", "cell_ID", "x_global_px", "y_global_px")
+PIXEL_DTYPES = {"x_global_px": np.float64, "y_global_px": np.float64, "fov": np.int64, "cell_ID": np.int64}
 # Column of hull_vertices with the number of nuclear transcripts that a row represents.
 N_TRANSCRIPTS = "n_transcripts"
 CONTROL_PREFIXES = ("NegPrb", "Negative", "SystemControl", "FalseCode")
@@ -176,19 +178,51 @@ def cosmx(
 
     transcripts_file = _find_one(folder, TRANSCRIPT_PATTERNS, required=True)
     check_masks = cell_labels and bool(_find_label_masks(folder))
-    if not is_gzipped(transcripts_file) or scratch_dir is not None:
-        points, shape_inputs = read_transcripts_lazily(
+    # The mask positions are needed only until the masks are checked, so their scratch folder
+    # is deleted when this block ends.
+    with ArrayStore.open(scratch_dir) as store:
+        pixels = MaskPixels(store) if check_masks else None
+        if not is_gzipped(transcripts_file) or scratch_dir is not None:
+            points, shape_inputs = read_transcripts_lazily(
+                transcripts_file, pixel_size=pixel_size, z_step=z_step, scratch_dir=scratch_dir, pixels=pixels
+            )
+        else:
+            log_read_whole(transcripts_file)
+            points = read_transcripts(transcripts_file, pixel_size=pixel_size, z_step=z_step)
+            shape_inputs = _ShapeInputs.from_points(points, pixels)
+        shapes = _shapes(
+            folder,
             transcripts_file,
+            shape_inputs,
+            nucleus_buffer=nucleus_buffer,
+            min_nuclear_transcripts=min_nuclear_transcripts,
             pixel_size=pixel_size,
-            z_step=z_step,
-            scratch_dir=scratch_dir,
-            keep_pixels=check_masks,
+            min_mask_agreement=min_mask_agreement,
         )
-    else:
-        log_read_whole(transcripts_file)
-        points = read_transcripts(transcripts_file, pixel_size=pixel_size, z_step=z_step)
-        shape_inputs = _ShapeInputs.from_points(points)
 
+    logger.info(
+        "Read %d transcripts of %d features from %s, %d nuclei and %d cell polygons from %s.",
+        shape_inputs.n_transcripts,
+        shape_inputs.n_features,
+        transcripts_file.name,
+        len(shapes.get(C.NUCLEUS_SHAPES_KEY, ())),
+        len(shapes.get(C.CELL_SHAPES_KEY, ())),
+        folder,
+    )
+    return build_spatialdata(points, shapes)
+
+
+def _shapes(
+    folder: Path,
+    transcripts_file: Path,
+    shape_inputs: _ShapeInputs,
+    *,
+    nucleus_buffer: float,
+    min_nuclear_transcripts: int,
+    pixel_size: float,
+    min_mask_agreement: float,
+) -> dict[str, gpd.GeoDataFrame]:
+    """Build the nucleus polygons and, when ``shape_inputs`` has mask positions, the polygons of the masks that pass."""
     shapes = {}
     nuclei = nucleus_polygons(
         shape_inputs.nuclear, buffer=nucleus_buffer, min_transcripts=min_nuclear_transcripts
@@ -201,7 +235,7 @@ def cosmx(
         )
     else:
         shapes[C.NUCLEUS_SHAPES_KEY] = nuclei
-    if check_masks:
+    if shape_inputs.pixels is not None:
         cells = read_label_masks(
             folder,
             shape_inputs.pixels,
@@ -211,17 +245,7 @@ def cosmx(
         )
         if cells is not None:
             shapes[C.CELL_SHAPES_KEY] = cells
-
-    logger.info(
-        "Read %d transcripts of %d features from %s, %d nuclei and %d cell polygons from %s.",
-        shape_inputs.n_transcripts,
-        shape_inputs.n_features,
-        transcripts_file.name,
-        len(shapes.get(C.NUCLEUS_SHAPES_KEY, ())),
-        len(shapes.get(C.CELL_SHAPES_KEY, ())),
-        folder,
-    )
-    return build_spatialdata(points, shapes)
+    return shapes
 
 
 @dataclass
@@ -236,7 +260,7 @@ class _ShapeInputs:
         ``n_transcripts`` column (see :func:`hull_vertices`).
     pixels
         The pixel positions of the transcripts assigned to a cell, which the label masks are
-        checked against.
+        checked against, or ``None`` where no mask is checked.
     fovs
         The FOVs of all transcripts, ascending.
     n_transcripts, n_features
@@ -244,17 +268,19 @@ class _ShapeInputs:
     """
 
     nuclear: pd.DataFrame
-    pixels: SortedPixels
+    pixels: SortedPixels | None
     fovs: list[int]
     n_transcripts: int
     n_features: int
 
     @classmethod
-    def from_points(cls, points: pd.DataFrame) -> _ShapeInputs:
-        """Select the columns from points converted by :func:`read_transcripts`."""
+    def from_points(cls, points: pd.DataFrame, pixels: MaskPixels | None = None) -> _ShapeInputs:
+        """Select the columns from points converted by :func:`read_transcripts`, and the mask positions into ``pixels``."""
+        if pixels is not None:
+            pixels.add(points)
         return cls(
             nuclear=points.loc[points[C.OVERLAPS_NUCLEUS], list(NUCLEAR_COLUMNS)],
-            pixels=SortedPixels.from_blocks([_assigned(points)]),
+            pixels=None if pixels is None else pixels.sorted(),
             fovs=sorted(points["fov"].unique().tolist()),
             n_transcripts=len(points),
             n_features=points[C.FEATURE_NAME].nunique(),
@@ -284,7 +310,7 @@ def read_transcripts_lazily(
     z_step: float | None = None,
     block_bytes: int | None = None,
     scratch_dir: str | PathLike[str] | None = None,
-    keep_pixels: bool = True,
+    pixels: MaskPixels | None = None,
 ) -> tuple[dd.DataFrame, _ShapeInputs]:
     """Read a CosMx ``*tx_file.csv`` or ``*tx_file.parquet`` lazily into the points schema, as a dask DataFrame.
 
@@ -301,9 +327,9 @@ def read_transcripts_lazily(
         See :func:`cosmx`.
     block_bytes
         Approximate bytes per partition, :data:`segger.io._csv.BYTES_PER_BLOCK` when ``None``.
-    keep_pixels
-        Whether to keep the pixel positions of the assigned transcripts, which only the label
-        mask checks need.
+    pixels
+        Where to keep the pixel positions of the assigned transcripts, which only the label
+        mask checks need; ``None`` keeps none.
 
     Returns
     -------
@@ -316,7 +342,7 @@ def read_transcripts_lazily(
     check_z_step(z_step)
     with readable_file(file, scratch_dir) as readable:
         source = readable.path.name
-        scan = _Scan(pixel_size=pixel_size, z_step=z_step, source=source, keep_pixels=keep_pixels)
+        scan = _Scan(pixel_size=pixel_size, z_step=z_step, source=source, pixels=pixels)
         layout = scan_transcript_file(
             readable.path, required=REQUIRED_COLUMNS, inspect=scan, block_bytes=block_bytes
         )
@@ -332,7 +358,7 @@ def read_transcripts_lazily(
         readable.keep_while(load)
     shape_inputs = _ShapeInputs(
         nuclear=pd.concat(scan.nuclear),
-        pixels=SortedPixels.from_blocks(scan.pixels),
+        pixels=None if pixels is None else pixels.sorted(),
         fovs=sorted(scan.fovs),
         n_transcripts=layout.n_rows,
         n_features=len(features),
@@ -347,12 +373,11 @@ class _Scan:
     pixel_size: float
     z_step: float | None
     source: str
-    keep_pixels: bool = True
+    pixels: MaskPixels | None = None
     checks: TranscriptChecks = field(default_factory=lambda: TranscriptChecks(COORDINATE_COLUMNS, "target"))
     features: set[str] = field(default_factory=set)
     fovs: set[int] = field(default_factory=set)
     nuclear: list[pd.DataFrame] = field(default_factory=list)
-    pixels: list[dict[str, np.ndarray]] = field(default_factory=list)
 
     def __call__(self, frame: pd.DataFrame) -> None:
         self.checks.add(frame)
@@ -360,8 +385,8 @@ class _Scan:
         self.features.update(points[C.FEATURE_NAME].unique())
         self.fovs.update(points["fov"].unique().tolist())
         self.nuclear.append(hull_vertices(points))
-        if self.keep_pixels:
-            self.pixels.append(_assigned(points))
+        if self.pixels is not None:
+            self.pixels.add(points)
 
 
 def _load_block(
@@ -442,6 +467,9 @@ def hull_vertices(points: pd.DataFrame) -> pd.DataFrame:
     others.
     """
     nuclear = points.loc[points[C.OVERLAPS_NUCLEUS], [C.CELL_ID, C.X, C.Y]]
+    # Rows with a non-finite position are left out here, because the reader's checks reject
+    # the file for them after the pass, and GEOS cannot take them.
+    nuclear = nuclear[np.isfinite(nuclear[[C.X, C.Y]].to_numpy(dtype=np.float64)).all(axis=1)]
     codes, cell_ids = pd.factorize(nuclear[C.CELL_ID].astype(str), sort=True)
     order = np.argsort(codes, kind="stable")
     coordinates = nuclear[[C.X, C.Y]].to_numpy(dtype=np.float64)[order]
@@ -556,7 +584,9 @@ def read_label_masks(
 
     if isinstance(points, pd.DataFrame):
         fovs = sorted(points["fov"].unique().tolist()) if fovs is None else fovs
-        points = SortedPixels.from_blocks([_assigned(points)])
+        collected = MaskPixels()
+        collected.add(points)
+        points = collected.sorted()
     transcript_fovs = points.fovs() if fovs is None else fovs
     unlisted = sorted(set(transcript_fovs) - set(positions.index))
     if unlisted:
@@ -620,22 +650,6 @@ class SortedPixels:
     def __init__(self, columns: dict[str, np.ndarray]) -> None:
         self.columns = columns
 
-    @classmethod
-    def from_blocks(cls, blocks: list[dict[str, np.ndarray]]) -> SortedPixels:
-        """Join the columns of ``blocks`` from :func:`_assigned` and sort them by x, one column at a time.
-
-        Each column is removed from the blocks once joined, so that at most one extra column
-        is in memory at a time.
-        """
-        x = np.concatenate([np.empty(0), *(block.pop("x_global_px") for block in blocks)])
-        order = np.argsort(x, kind="stable")
-        columns = {"x_global_px": x[order]}
-        del x
-        for name in ("y_global_px", "fov", "cell_ID"):
-            values = np.concatenate([np.empty(0, np.int32), *(block.pop(name) for block in blocks)])
-            columns[name] = values[order]
-        return cls(columns)
-
     def __len__(self) -> int:
         return len(self.columns["x_global_px"])
 
@@ -654,22 +668,40 @@ class SortedPixels:
         return pd.DataFrame({name: values[start:stop] for name, values in self.columns.items()})
 
 
-def _assigned(points: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Return the pixel columns of the transcripts of ``points`` that are assigned to a cell, as compact arrays.
+class MaskPixels:
+    """The pixel columns of the transcripts assigned to a cell, gathered block by block for the mask checks.
 
-    ``fov`` and ``cell_ID`` are int32 when their values fit, and the positions float64.
+    The columns are kept in an :class:`~segger._scratch.ArrayStore`: with a scratch folder,
+    each block is written to disk as it comes, and the sorted columns are memory maps too.
     """
-    assigned = points["cell_ID"].to_numpy(dtype=np.int64) > 0
-    columns = {}
-    for name in PIXEL_COLUMNS:
-        values = points[name].to_numpy()[assigned]
-        if name in ("fov", "cell_ID"):
-            fits = np.abs(values).max(initial=0) <= np.iinfo(np.int32).max
-            values = values.astype(np.int32 if fits else np.int64)
-        else:
-            values = values.astype(np.float64)
-        columns[name] = values
-    return columns
+
+    def __init__(self, store: ArrayStore | None = None) -> None:
+        self.store = store or ArrayStore()
+        self.columns = {name: self.store.column(f"mask_{name}_unsorted") for name in PIXEL_DTYPES}
+
+    def add(self, points: pd.DataFrame) -> None:
+        """Append the pixel columns of the assigned transcripts of ``points``."""
+        assigned = points["cell_ID"].to_numpy(dtype=np.int64) > 0
+        for name, dtype in PIXEL_DTYPES.items():
+            self.columns[name].append(points[name].to_numpy(dtype=dtype)[assigned])
+
+    def sorted(self) -> SortedPixels:
+        """Return the gathered columns sorted by x, one column at a time; nothing can be added afterwards."""
+        x = self.columns["x_global_px"].finish()
+        order = np.argsort(x, kind="stable")
+        columns = {"x_global_px": self._gather(x, order, "x_global_px")}
+        del x
+        for name in PIXEL_DTYPES:
+            if name != "x_global_px":
+                columns[name] = self._gather(self.columns[name].finish(), order, name)
+        return SortedPixels(columns)
+
+    def _gather(self, values: np.ndarray, order: np.ndarray, name: str) -> np.ndarray:
+        """Return ``values`` in ``order``, written a block of rows at a time into the store."""
+        gathered = self.store.empty(f"mask_{name}", len(order), PIXEL_DTYPES[name])
+        for block in row_blocks(len(order)):
+            gathered[block] = values[order[block]]
+        return gathered
 
 
 def mask_polygons(
