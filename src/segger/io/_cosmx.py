@@ -105,8 +105,9 @@ def cosmx(
         ``cell_ID`` for the mask to be used.
     scratch_dir
         Existing folder into which a gzipped ``*tx_file.csv.gz`` is decompressed, so that it is
-        read in blocks like a plain file (see Notes). ``None`` reads a gzipped file whole into
-        memory.
+        read in blocks like a plain file (see Notes), and where the positions that the label mask
+        check needs are kept until it ends. ``None`` reads a gzipped file whole into memory and
+        keeps the positions in memory.
 
     Returns
     -------
