@@ -5,8 +5,8 @@ repeated side by side until ``tx_file.csv`` has the requested number of rows. Ea
 its own FOV number, so its cells are distinct, and the folder links the crop's label mask and
 FOV positions, so the mask check runs. For each size and mode, a fresh process calls
 ``sg.io.cosmx`` on the folder, which reads the file in blocks of about 16 MB and builds the
-nucleus polygons, without ``scratch_dir`` or with one, where the positions that the mask check
-needs are kept. A thread samples ``RssAnon`` every 10 ms.
+nucleus polygons. The modes are without ``scratch_dir`` and with one, where the positions that
+the mask check needs are kept. A thread samples ``RssAnon`` every 10 ms.
 
 Usage::
 
