@@ -43,7 +43,7 @@ def check_reader_scratch_dir(scratch_dir: str | PathLike[str] | None) -> Path | 
 def log_read_whole(file: Path) -> None:
     """Log that the gzipped ``file`` is read whole, and how to read it in blocks instead."""
     logger.info(
-        "Reading the gzipped %s whole into memory; for a large file, pass scratch_dir= (--scratch-dir) "
+        "Reading the gzipped %s whole into memory. For a large file, pass scratch_dir= (--scratch-dir) "
         "to decompress it there and read it in blocks.",
         file.name,
     )
