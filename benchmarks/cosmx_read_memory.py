@@ -20,14 +20,15 @@ import datetime
 import json
 import logging
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from _crops import write_repeated_rows
 from _markdown import replace_section
+from _process import run_worker_process
 from run_segmentation import DEFAULT_CACHE, machine_facts, markdown_table
 from scratch_memory import StatusSampler, read_status
 
@@ -56,18 +57,14 @@ def repeated_folder(crop: Path, cache: Path, n_rows: int) -> Path:
             link.symlink_to(crop / name)
     rows = pd.read_csv(crop / "tx_file.csv")
     step = rows["x_global_px"].max() - rows["x_global_px"].min() + GAP_PX
-    unfinished = file.with_name(file.name + ".unfinished")
-    written = 0
-    with open(unfinished, "w") as handle:
-        copy = 0
-        while written < n_rows:
-            part = rows.iloc[: n_rows - written].assign(
-                x_global_px=rows["x_global_px"] + copy * step, fov=rows["fov"] + copy * FOV_STEP
-            )
-            part.to_csv(handle, index=False, header=copy == 0)
-            written += len(part)
-            copy += 1
-    unfinished.rename(file)
+    write_repeated_rows(
+        rows,
+        file,
+        n_rows,
+        lambda part, copy: part.assign(
+            x_global_px=part["x_global_px"] + copy * step, fov=part["fov"] + copy * FOV_STEP
+        ),
+    )
     return folder
 
 
@@ -95,16 +92,6 @@ def measure(folder: Path, mode: str) -> dict[str, Any]:
         "n_nuclei": len(sdata.shapes["nucleus_boundaries"]),
         "n_partitions": sdata.points["transcripts"].npartitions,
     }
-
-
-def run_worker(folder: Path, mode: str) -> dict[str, Any]:
-    """Run :func:`measure` in a fresh Python process and return its result."""
-    with tempfile.TemporaryDirectory() as scratch:
-        result = Path(scratch) / "result.json"
-        command = [sys.executable, __file__, "--worker", "--folder", str(folder), "--mode", mode]
-        command += ["--result", str(result)]
-        subprocess.run(command, check=True)
-        return json.loads(result.read_text())
 
 
 def report(results: dict[int, dict[str, dict[str, Any]]]) -> str:
@@ -170,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         results[n_rows] = {}
         for mode in MODES:
             logger.info("Reading %d rows: %s.", n_rows, mode)
-            results[n_rows][mode] = run_worker(folder, mode)
+            results[n_rows][mode] = run_worker_process(__file__, ["--folder", str(folder), "--mode", mode])
 
     text = report(results)
     if args.output is not None:

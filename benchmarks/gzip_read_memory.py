@@ -18,18 +18,18 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gzip
 import json
 import logging
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from _crops import write_repeated_rows
 from _markdown import replace_section
+from _process import run_worker_process
 from run_segmentation import DEFAULT_CACHE, machine_facts, markdown_table
 from scratch_memory import StatusSampler, read_status
 
@@ -55,16 +55,13 @@ def gzipped_folder(crop: Path, cache: Path, n_rows: int) -> Path:
         link.symlink_to(crop / "cell_boundaries")
     rows = pd.read_csv(crop / "detected_transcripts.csv")
     step = rows["global_x"].max() - rows["global_x"].min() + GAP_UM
-    unfinished = file.with_name(file.name + ".unfinished")
-    written = 0
-    with gzip.open(unfinished, "wt", compresslevel=6) as handle:
-        copy = 0
-        while written < n_rows:
-            part = rows.iloc[: n_rows - written].assign(global_x=rows["global_x"] + copy * step)
-            part.to_csv(handle, index=False, header=copy == 0)
-            written += len(part)
-            copy += 1
-    unfinished.rename(file)
+    write_repeated_rows(
+        rows,
+        file,
+        n_rows,
+        lambda part, copy: part.assign(global_x=part["global_x"] + copy * step),
+        gzipped=True,
+    )
     return folder
 
 
@@ -108,16 +105,6 @@ def measure(folder: Path, mode: str) -> dict[str, Any]:
         "added": max(sampler.peaks["RssAnon"], memory_before) - memory_before,
         "checksum": [round(float(value), 3) for value in checksum],
     }
-
-
-def run_worker(folder: Path, mode: str) -> dict[str, Any]:
-    """Run :func:`measure` in a fresh Python process and return its result."""
-    with tempfile.TemporaryDirectory() as scratch:
-        result = Path(scratch) / "result.json"
-        command = [sys.executable, __file__, "--worker", "--folder", str(folder), "--mode", mode]
-        command += ["--result", str(result)]
-        subprocess.run(command, check=True)
-        return json.loads(result.read_text())
 
 
 def report(results: dict[int, dict[str, dict[str, Any]]], sizes_gz: dict[int, int]) -> str:
@@ -200,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         results[n_rows] = {}
         for mode in MODES:
             logger.info("Reading %d rows: %s.", n_rows, mode)
-            results[n_rows][mode] = run_worker(folder, mode)
+            results[n_rows][mode] = run_worker_process(__file__, ["--folder", str(folder), "--mode", mode])
 
     text = report(results, sizes_gz)
     if args.output is not None:

@@ -21,7 +21,6 @@ import datetime
 import json
 import logging
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from _markdown import replace_section
+from _process import run_worker_process
 from run_segmentation import DEFAULT_CACHE, machine_facts, markdown_table, synthetic_stores
 from scratch_memory import StatusSampler, read_status
 
@@ -100,16 +100,6 @@ def measure(store: Path, copies: int, writer: str) -> dict[str, Any]:
     }
 
 
-def run_worker(store: Path, copies: int, writer: str) -> dict[str, Any]:
-    """Run :func:`measure` in a fresh Python process and return its result."""
-    with tempfile.TemporaryDirectory() as folder:
-        result = Path(folder) / "result.json"
-        command = [sys.executable, __file__, "--worker", "--store", str(store), "--copies", str(copies)]
-        command += ["--writer", writer, "--result", str(result)]
-        subprocess.run(command, check=True)
-        return json.loads(result.read_text())
-
-
 def report(results: dict[int, dict[str, dict[str, Any]]]) -> str:
     """Return the markdown section: one column per size, the time and memory of each writer."""
     sizes = list(results)
@@ -171,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         results[copies] = {}
         for writer in WRITERS:
             logger.info("Writing %d copies of the 5m nuclei with %s.", copies, writer)
-            results[copies][writer] = run_worker(stores["5m"], copies, writer)
+            arguments = ["--store", str(stores["5m"]), "--copies", str(copies), "--writer", writer]
+            results[copies][writer] = run_worker_process(__file__, arguments)
 
     text = report(results)
     if args.output is not None:
