@@ -81,10 +81,9 @@ def cosmx(
     Parameters
     ----------
     path
-        Folder holding the transcript file ``*tx_file.csv``, ``.parquet`` or ``.csv.gz``, tried in
-        this order. Optional: label
-        masks ``CellLabels_F<fov>.tif`` anywhere below it, placed by ``*fov_positions_file.csv``
-        in the folder itself.
+        Folder holding the transcript file ``*tx_file.csv``, ``.parquet`` or ``.csv.gz``, tried
+        in this order. Optional: label masks ``CellLabels_F<fov>.tif`` anywhere below it, placed
+        by ``*fov_positions_file.csv`` in the folder itself.
     pixel_size
         µm per pixel of the global coordinates. The default 0.18 µm fits the original CosMx
         instrument, which produced the public NSCLC data. Newer runs use 0.12028 µm per pixel;
@@ -157,10 +156,10 @@ def cosmx(
     A plain ``*tx_file.csv`` or a ``*tx_file.parquet`` is read lazily (see
     :func:`read_transcripts_lazily`): one pass checks it and keeps the columns that the nuclei
     and the masks need, and the points element reads each block of about 16 MB, or each Parquet
-    row group, again when computed. A gzipped file cannot be read from the middle: with
-    ``scratch_dir`` it is first decompressed into a new folder ``segger-input-*`` there, which
-    is deleted once the points element is garbage-collected or Python exits, and read from there
-    in blocks. Without, it is read whole.
+    row group, again when computed. A gzipped file cannot be read from the middle. With
+    ``scratch_dir``, it is first decompressed into a new folder ``segger-input-*`` there and read
+    from the copy in blocks. The folder is deleted once the points element is garbage-collected
+    or Python exits. Without ``scratch_dir``, a gzipped file is read whole.
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -178,11 +177,11 @@ def cosmx(
     scratch_dir = check_reader_scratch_dir(scratch_dir)
 
     transcripts_file = _find_one(folder, TRANSCRIPT_PATTERNS, required=True)
-    check_masks = cell_labels and bool(_find_label_masks(folder))
+    masks = _find_label_masks(folder) if cell_labels else {}
     # The mask positions are needed only until the masks are checked, so their scratch folder
     # is deleted when this block ends.
     with ArrayStore.open(scratch_dir) as store:
-        pixels = MaskPixels(store) if check_masks else None
+        pixels = MaskPixels(store) if masks else None
         if not is_gzipped(transcripts_file) or scratch_dir is not None:
             points, shape_inputs = read_transcripts_lazily(
                 transcripts_file, pixel_size=pixel_size, z_step=z_step, scratch_dir=scratch_dir, pixels=pixels
@@ -195,6 +194,7 @@ def cosmx(
             folder,
             transcripts_file,
             shape_inputs,
+            masks=masks,
             nucleus_buffer=nucleus_buffer,
             min_nuclear_transcripts=min_nuclear_transcripts,
             pixel_size=pixel_size,
@@ -218,6 +218,7 @@ def _shapes(
     transcripts_file: Path,
     shape_inputs: _ShapeInputs,
     *,
+    masks: dict[int, Path],
     nucleus_buffer: float,
     min_nuclear_transcripts: int,
     pixel_size: float,
@@ -243,6 +244,7 @@ def _shapes(
             pixel_size=pixel_size,
             min_agreement=min_mask_agreement,
             fovs=shape_inputs.fovs,
+            masks=masks,
         )
         if cells is not None:
             shapes[C.CELL_SHAPES_KEY] = cells
@@ -468,13 +470,13 @@ def hull_vertices(points: pd.DataFrame) -> pd.DataFrame:
     others.
     """
     nuclear = points.loc[points[C.OVERLAPS_NUCLEUS], [C.CELL_ID, C.X, C.Y]]
+    coordinates = nuclear[[C.X, C.Y]].to_numpy(dtype=np.float64)
     # Rows with a non-finite position are left out here, because the reader's checks reject
     # the file for them after the pass, and GEOS cannot take them.
-    nuclear = nuclear[np.isfinite(nuclear[[C.X, C.Y]].to_numpy(dtype=np.float64)).all(axis=1)]
-    codes, cell_ids = pd.factorize(nuclear[C.CELL_ID].astype(str), sort=True)
+    finite = np.isfinite(coordinates).all(axis=1)
+    codes, cell_ids = pd.factorize(nuclear[C.CELL_ID][finite].astype(str), sort=True)
     order = np.argsort(codes, kind="stable")
-    coordinates = nuclear[[C.X, C.Y]].to_numpy(dtype=np.float64)[order]
-    hulls = shapely.convex_hull(shapely.multipoints(coordinates, indices=codes[order]))
+    hulls = shapely.convex_hull(shapely.multipoints(coordinates[finite][order], indices=codes[order]))
 
     # A hull is a point, a segment or a polygon, and each vertex keeps its original coordinates.
     vertices, cell = shapely.get_coordinates(hulls, return_index=True)
@@ -546,6 +548,7 @@ def read_label_masks(
     pixel_size: float = 0.18,
     min_agreement: float = 0.9,
     fovs: list[int] | None = None,
+    masks: dict[int, Path] | None = None,
 ) -> gpd.GeoDataFrame | None:
     """Turn the aligned ``CellLabels_F*.tif`` masks of a CosMx folder into cell polygons.
 
@@ -561,6 +564,8 @@ def read_label_masks(
     fovs
         The FOVs of all transcripts, for the warning about FOVs without a position; those of
         ``points`` when ``None``.
+    masks
+        The mask file of each FOV, when the caller has already searched ``folder`` for them.
 
     Returns
     -------
@@ -568,7 +573,7 @@ def read_label_masks(
     :func:`cosmx` or no mask has a label, and quietly when the folder has no masks.
     """
     folder = Path(folder)
-    masks = _find_label_masks(folder)
+    masks = _find_label_masks(folder) if masks is None else masks
     if not masks:
         return None
 
@@ -650,9 +655,6 @@ class SortedPixels:
 
     def __init__(self, columns: dict[str, np.ndarray]) -> None:
         self.columns = columns
-
-    def __len__(self) -> int:
-        return len(self.columns["x_global_px"])
 
     def fovs(self) -> list[int]:
         """Return the FOVs of these transcripts, ascending."""

@@ -117,9 +117,10 @@ def merscope(
     A plain ``detected_transcripts.csv`` or ``detected_transcripts.parquet`` is read lazily
     (see :func:`read_transcripts_lazily`): one pass checks it, and the points element reads
     each block of about 16 MB, or each Parquet row group, again when computed. A gzipped file
-    cannot be read from the middle: with ``scratch_dir`` it is first decompressed into a new
-    folder ``segger-input-*`` there, which is deleted once the points element is
-    garbage-collected or Python exits, and read from there in blocks. Without, it is read whole.
+    cannot be read from the middle. With ``scratch_dir``, it is first decompressed into a new
+    folder ``segger-input-*`` there and read from the copy in blocks. The folder is deleted once
+    the points element is garbage-collected or Python exits. Without ``scratch_dir``, a gzipped
+    file is read whole.
     """
     folder = Path(path)
     if not folder.is_dir():
