@@ -153,6 +153,7 @@ def test_large_shapes_written_in_chunks(zarr_input, toy_sdata, tmp_path, monkeyp
     table = written.tables["segger_table"]
     instance_key = table.uns["spatialdata_attrs"]["instance_key"]
     assert sorted(table.obs[instance_key]) == sorted(written["segger_boundaries"].index)
+    assert written["segger_boundaries"].index.name == instance_key
     assert shapely.is_valid(written["segger_boundaries"].geometry.array).all()
 
 

@@ -170,6 +170,7 @@ def test_boundaries_one_polygon_per_cell(sdata, cell_ids, scores):
 
     shapes = sdata.shapes["segger_boundaries"]
     assert shapes.index.tolist() == CELLS
+    assert shapes.index.name == "cell_id"
     assert (shapes.geometry.geom_type == "Polygon").all()
     assert shapes.geometry.is_valid.all()
     assert get_transformation(shapes, get_all=True) == {"global": Identity()}

@@ -394,7 +394,7 @@ def write_cells(
         points, cells, scores, arrays.partition_lengths, names=names, outputs=outputs
     )
     shapes = ShapesModel.parse(
-        gpd.GeoDataFrame(geometry=polygons, index=pd.Index(cells.ids, dtype=object)),
+        gpd.GeoDataFrame(geometry=polygons, index=pd.Index(cells.ids, dtype=object, name=C.CELL_ID)),
         transformations=copy.deepcopy(transformations),
     )
     table = _cell_table(
