@@ -756,7 +756,7 @@ class _TileResults:
     def __init__(self, n_transcripts: int, embedding_size: int, store: ArrayStore) -> None:
         self.shape = store.full("shape", n_transcripts, -1, np.int32)
         self.score = store.full("score", n_transcripts, np.nan, np.float32)
-        self.predicted = np.zeros(n_transcripts, dtype=bool)
+        self.predicted = store.full("predicted", n_transcripts, False, bool)
         self.embedding_size = embedding_size
         self.store = store
         # Appended in the order that tiles finish, and sorted by transcript in `finish`.
