@@ -3,6 +3,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import re
 import signal
 import threading
 import time
@@ -15,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import shapely
 import spatialdata
+import torch
 
 import segger as sg
 from segger.cli import _staged, main
@@ -106,9 +108,20 @@ def test_segment_xenium_folder(xenium_folder, tmp_path, capsys):
     captured = capsys.readouterr()
     assert status == 0, captured.err
     assert folder_digest(xenium_folder) == before
-    check_segmentation(output)
+    written = check_segmentation(output)
     assert leftovers(tmp_path) == []
-    assert "Found " in captured.err
+    found = re.search(
+        r"Found (\d+) cells and assigned (\d+) of (\d+) graph transcripts .* out (\d+) control", captured.err
+    )
+    assert found is not None, captured.err
+    n_cells, n_assigned, n_graph, n_left_out = map(int, found.groups())
+    points = written.points["transcripts"].compute()
+    assert n_cells == written.tables["segger_table"].n_obs
+    assert n_assigned == points["segger_cell_id"].notna().sum()
+    min_qv = written.tables["segger_table"].uns["segger"]["params"]["min_qv"]
+    left_out = points["is_control"] | (points["qv"] < min_qv)
+    assert n_left_out == left_out.sum() > 0
+    assert n_graph + n_left_out == len(points)
     assert str(output) in captured.err
     assert captured.out == ""
     assert logging.getLogger("segger").handlers == handlers
@@ -419,6 +432,23 @@ def test_invalid_option_value(tmp_path, capsys):
 
     assert status == 2
     assert "--score-cut" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_float16_on_cpu_rejected(tmp_path, capsys, monkeypatch, device):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    status = main(
+        ["segment", "-o", str(tmp_path / "out.zarr"), "--precision", "16-mixed", "--device", device]
+    )
+
+    assert status == 2
+    err = capsys.readouterr().err
+    assert (
+        f"--precision 16-mixed needs a CUDA device, but training runs on the CPU (--device {device})" in err
+    )
+    assert "--precision bf16-mixed" in err
+    assert not (tmp_path / "out.zarr").exists()
 
 
 def test_missing_output_folder(tmp_path, capsys):

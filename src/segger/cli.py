@@ -378,7 +378,7 @@ def _segment_command(args: argparse.Namespace) -> None:
     output = _output_path(args.output, source, overwrite=args.overwrite)
     model_file = _check_training_options(options)
     save_file = _save_model_path(options.get("save_model"), source, output, overwrite=args.overwrite)
-    _check_device(args.device)
+    _check_device(args.device, options.get("precision"))
     if args.scratch_dir is not None:
         _check_scratch_outside_input(args.scratch_dir, source)
 
@@ -396,7 +396,7 @@ def _segment_command(args: argparse.Namespace) -> None:
     if rank > 0:
         logger.info("Process %d finished training and writes nothing: process 0 writes OUTPUT.", rank)
         return
-    n_cells, n_assigned, n_eligible = _count_assigned(
+    n_cells, n_assigned, n_eligible, n_points = _count_assigned(
         sdata, points_key=args.points_key, key_added=args.key_added, min_qv=trained.settings["min_qv"]
     )
 
@@ -411,11 +411,13 @@ def _segment_command(args: argparse.Namespace) -> None:
 
     share = 100.0 * n_assigned / n_eligible if n_eligible else 0.0
     logger.info(
-        "Found %d cells and assigned %d of %d transcripts (%.1f %%) to them; wrote %s in %.1f s.",
+        "Found %d cells and assigned %d of %d graph transcripts (%.1f %%) to them, leaving out %d control "
+        "probes and transcripts below min_qv; wrote %s in %.1f s.",
         n_cells,
         n_assigned,
         n_eligible,
         share,
+        n_points - n_eligible,
         output,
         time.perf_counter() - start,
     )
@@ -528,11 +530,19 @@ def _save_model_path(value: str | None, source: Path | None, output: Path, *, ov
     return path
 
 
-def _check_device(device: str) -> None:
-    if device == "cuda" and not torch.cuda.is_available():
+def _check_device(device: str, precision: str | None) -> None:
+    """Raise UsageError when --device or --precision needs a CUDA device that torch does not find."""
+    on_gpu = torch.cuda.is_available()
+    if device == "cuda" and not on_gpu:
         msg = (
             f"--device cuda was requested, but torch {torch.__version__} finds no CUDA device. "
             "Use --device cpu, or install a CUDA build of torch on a machine with a GPU."
+        )
+        raise UsageError(msg)
+    if precision == "16-mixed" and (device == "cpu" or not on_gpu):
+        msg = (
+            f"--precision 16-mixed needs a CUDA device, but training runs on the CPU (--device {device}). "
+            "Use --precision bf16-mixed on the CPU."
         )
         raise UsageError(msg)
 
@@ -644,20 +654,24 @@ def _run_segmentation(sdata: SpatialData, model: Segger | None, options: dict[st
 
 def _count_assigned(
     sdata: SpatialData, *, points_key: str, key_added: str, min_qv: float | None
-) -> tuple[int, int, int]:
-    """Return the number of cells, and of assigned and of all non-control transcripts that pass ``min_qv``."""
+) -> tuple[int, int, int, int]:
+    """Return the numbers of cells, of assigned graph transcripts, of graph transcripts and of all transcripts.
+
+    Graph transcripts are those that are not control probes and pass ``min_qv``.
+    """
     element, feature_key = _points_element(sdata, points_key)
     needed = [C.cell_id_column(key_added), feature_key, C.IS_CONTROL, C.QV]
     columns = [column for column in needed if column in element.columns]
-    n_assigned, n_eligible = 0, 0
+    n_assigned, n_eligible, n_points = 0, 0, 0
     # One partition at a time, so that a whole slide is never computed into memory.
     for partition in element[columns].to_delayed():
         points = partition.compute()
         eligible = _graph_mask(points, feature_key, min_qv)
         n_assigned += int((eligible & points[C.cell_id_column(key_added)].notna().to_numpy()).sum())
         n_eligible += int(eligible.sum())
+        n_points += len(points)
     n_cells = sdata.tables[C.table_key(key_added)].n_obs
-    return n_cells, n_assigned, n_eligible
+    return n_cells, n_assigned, n_eligible, n_points
 
 
 def _write_store(sdata: SpatialData, path: Path) -> None:

@@ -206,6 +206,12 @@ def test_bf16_mixed_on_cpu_trains():
         ("strategy", "ddp_spawn", "use strategy='ddp' from a Python script"),
         ("strategy", "ddp_notebook", "use strategy='ddp'"),
         ("strategy", "fsdp", r"strategy must be one of \['auto', 'ddp'\]"),
+        ("devices", 0, "devices must be a positive number of devices or 'auto', got 0"),
+        ("devices", -1, "got -1"),
+        ("devices", 2.5, "got 2.5"),
+        ("devices", "abc", "got 'abc'"),
+        ("device", "tpu", r"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
+        ("device", "cuda:x", "got 'cuda:x'"),
     ],
 )
 def test_fit_invalid_parallel_option(option, value, message):
@@ -218,6 +224,45 @@ def test_fit_invalid_parallel_option(option, value, message):
 
     assert sorted(name for _, name, _ in sdata.gen_elements()) == elements
     pd.testing.assert_frame_equal(sdata.points["transcripts"].compute(), points)
+
+
+def _fail_if_read(*args, **kwargs):
+    raise AssertionError("the transcripts were read before the options were checked")
+
+
+@pytest.mark.parametrize("strategy", ["auto", "ddp"])
+def test_devices_interactive_rejected(monkeypatch, strategy):
+    sdata = sg.datasets.toy(n_cells=30, random_state=3)
+    monkeypatch.setattr(sys, "ps1", ">>> ", raising=False)
+    monkeypatch.setattr("segger.tl._segment.prepare", _fail_if_read)
+
+    with pytest.raises(ValueError, match=r"devices=2 trains in one process per device.*interactive session"):
+        sg.tl.segger_fit(sdata, device="cpu", devices=2, strategy=strategy, **SMALL)
+
+    assert "segger_table" not in sdata.tables
+
+
+def test_devices_without_script_rejected(monkeypatch):
+    """Lightning's "ddp" runs the program's command again, which fails for ``python -c``."""
+    sdata = sg.datasets.toy(n_cells=30, random_state=3)
+    monkeypatch.setattr(sys, "argv", ["-c"])
+    monkeypatch.setattr(sys.modules["__main__"], "__spec__", None)
+    monkeypatch.setattr("segger.tl._segment.prepare", _fail_if_read)
+
+    with pytest.raises(ValueError, match=r"Python was started as '-c'.*put the call in a script"):
+        sg.tl.segger_fit(sdata, device="cpu", devices=2, strategy="ddp", **SMALL)
+
+    assert "segger_table" not in sdata.tables
+
+
+def test_one_device_without_script(monkeypatch):
+    sdata = sg.datasets.toy(n_cells=30, random_state=3)
+    monkeypatch.setattr(sys, "argv", ["-c"])
+    monkeypatch.setattr(sys.modules["__main__"], "__spec__", None)
+
+    sg.tl.segger_fit(sdata, device="cpu", devices=1, **SMALL)
+
+    assert sdata.tables["segger_table"].n_obs > 0
 
 
 def test_fit_float16_mixed_on_cpu_rejected():

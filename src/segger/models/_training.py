@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import signal
+import sys
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -318,7 +321,7 @@ def train(
         Lightning does so for ``strategy="auto"`` with several devices in a notebook, where it
         picks ``"ddp_fork"``.
     """
-    check_parallel_options(strategy=strategy, precision=precision, accelerator=accelerator)
+    check_parallel_options(strategy=strategy, precision=precision, accelerator=accelerator, devices=devices)
     L.seed_everything(random_state, workers=True, verbose=False)
     model.reset_parameters()
 
@@ -411,13 +414,21 @@ def _loader(tiles: Sequence[HeteroData], *, shuffle: bool, random_state: int) ->
     return DataLoader(list(tiles), batch_size=None, shuffle=shuffle, generator=generator, num_workers=0)
 
 
-def parallel_option_problems(*, strategy: str, precision: str | None, accelerator: str) -> list[str]:
-    """Return a description of each unsupported value among ``strategy`` and ``precision``.
+def parallel_option_problems(
+    *, strategy: str, precision: str | None, accelerator: str, devices: int | str = 1
+) -> list[str]:
+    """Return a description of each unsupported value among ``strategy``, ``precision`` and ``devices``.
 
     ``accelerator`` is the Lightning accelerator (``"cpu"``, ``"gpu"`` or ``"auto"``). Float16
     mixed precision is rejected on the CPU, where Lightning would switch to bfloat16 with a warning.
+    Several devices are rejected where Lightning could not start their processes (see
+    :func:`_relaunch_problem`).
     """
     problems = []
+    if not _valid_devices(devices):
+        problems.append(f"devices must be a positive number of devices or 'auto', got {devices!r}")
+    elif _n_processes(devices, accelerator) > 1 and (problem := _relaunch_problem(devices)):
+        problems.append(problem)
     if strategy not in STRATEGIES:
         if isinstance(strategy, str) and strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")):
             problems.append(
@@ -433,12 +444,53 @@ def parallel_option_problems(*, strategy: str, precision: str | None, accelerato
     return problems
 
 
-def check_parallel_options(*, strategy: str, precision: str | None, accelerator: str) -> None:
-    """Raise ValueError unless ``strategy`` and ``precision`` are values that :func:`train` supports."""
-    problems = parallel_option_problems(strategy=strategy, precision=precision, accelerator=accelerator)
+def check_parallel_options(
+    *, strategy: str, precision: str | None, accelerator: str, devices: int | str = 1
+) -> None:
+    """Raise ValueError unless ``strategy``, ``precision`` and ``devices`` are values that :func:`train` supports."""
+    problems = parallel_option_problems(
+        strategy=strategy, precision=precision, accelerator=accelerator, devices=devices
+    )
     if problems:
         msg = "Invalid option(s): " + "; ".join(problems) + "."
         raise ValueError(msg)
+
+
+def _valid_devices(devices: object) -> bool:
+    if devices == "auto":
+        return True
+    return isinstance(devices, numbers.Integral) and not isinstance(devices, bool) and devices >= 1
+
+
+def _n_processes(devices: int | str, accelerator: str) -> int:
+    """Return the number of training processes that ``devices`` requests from Lightning."""
+    if devices != "auto":
+        return int(devices)
+    return max(torch.cuda.device_count(), 1) if accelerator in ("gpu", "auto") else 1
+
+
+def _relaunch_problem(devices: int | str) -> str | None:
+    """Describe why Lightning could not start one process per device from this Python program, if so.
+
+    Lightning's "ddp" starts the extra processes by running the program's command again, which
+    needs a script file or a module run with ``python -m``. In an interactive session it would
+    refuse "ddp" and pick "ddp_fork" for "auto", which :func:`train` rejects after reading.
+    """
+    if hasattr(sys, "ps1") or sys.flags.interactive:
+        return (
+            f"devices={devices!r} trains in one process per device, which Lightning cannot start from "
+            "an interactive session or a notebook; run the call from a Python script "
+            "(`python fit.py`), or use devices=1"
+        )
+    main = sys.modules.get("__main__")
+    if getattr(main, "__spec__", None) is None and not Path(sys.argv[0]).is_file():
+        return (
+            f"devices={devices!r} trains in one process per device, and Lightning starts the extra "
+            f"ones by running this program again, but Python was started as {sys.argv[0]!r} (for "
+            "example with `python -c`), not with a script file; put the call in a script and run "
+            "`python fit.py`, or use devices=1"
+        )
+    return None
 
 
 def global_rank() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import warnings
@@ -191,15 +192,17 @@ def segger_fit(
         Most tiles to train on; larger slides train on a seeded random sample of the tiles that
         contain labelled transcripts, so that training cost stops growing with the slide.
     device
-        ``"auto"`` uses CUDA when available.
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; ``"auto"`` uses CUDA when available.
     devices
-        Number of devices for training, passed to Lightning. With ``strategy="ddp"``, each
-        optimiser step trains on one tile per device, so ``max_steps`` counts steps, not tiles.
+        Number of devices for training (a positive integer, or ``"auto"``), passed to Lightning.
+        With ``strategy="ddp"``, each optimiser step trains on one tile per device, so
+        ``max_steps`` counts steps, not tiles.
     strategy
         How Lightning trains on several devices: ``"auto"`` (one device, or Lightning's choice for
-        several) or ``"ddp"`` (distributed data parallel). With ``"ddp"`` and ``devices=n``,
+        several) or ``"ddp"`` (distributed data parallel). With ``devices=n`` above 1, either way,
         Lightning starts the running script again in ``n - 1`` new processes, so call it from a
-        Python script, not a notebook. Every process loads the slide and builds its graph.
+        script file. From ``python -c``, a notebook or the interactive interpreter, segger raises
+        ValueError before it reads the slide. Every process loads the slide and builds its graph.
         Every process ends training with the same weights and ``history``. Only process 0
         (global rank 0) then segments the slide and writes into ``sdata``. The others return the
         trained model and leave their ``sdata`` unchanged. ``"ddp_spawn"``, ``"ddp_fork"`` and
@@ -263,6 +266,7 @@ def segger_fit(
         max_epochs=max_epochs,
         strategy=strategy,
         precision=precision,
+        devices=devices,
     )
     scheduler = _resolve_scheduler(scheduler, client)
     check_outputs_free(sdata, key_added=key_added, points_key=points_key, overwrite=overwrite)
@@ -624,7 +628,8 @@ def _resolve_scheduler(scheduler: str | None, client: Any | None) -> str:
     Raises
     ------
     ValueError
-        For any other name, and when ``client`` is given as well.
+        For any other name, when ``client`` is given as well, and when ``client`` is not a running
+        ``dask.distributed.Client``.
     """
     if scheduler is not None and client is not None:
         msg = (
@@ -632,6 +637,9 @@ def _resolve_scheduler(scheduler: str | None, client: Any | None) -> str:
             "predict in this process, or client= to predict on a dask.distributed cluster."
         )
         raise ValueError(msg)
+
+    if client is not None:
+        _check_client(client)
 
     if scheduler is None:
         configured = dask.config.get("scheduler", None)
@@ -647,6 +655,23 @@ def _resolve_scheduler(scheduler: str | None, client: Any | None) -> str:
         )
         raise ValueError(msg)
     return LOCAL_SCHEDULERS[scheduler.lower()]
+
+
+def _check_client(client: Any) -> None:
+    """Raise ValueError unless ``client`` is a ``dask.distributed.Client`` connected to a scheduler."""
+    if not (hasattr(client, "scatter") and hasattr(client, "submit")):
+        msg = (
+            f"client must be a dask.distributed.Client, got {client!r}. Connect one first, for example "
+            "`client = distributed.Client(address)` with the scheduler's address, and pass client=client."
+        )
+        raise ValueError(msg)
+    status = getattr(client, "status", "running")
+    if status != "running":
+        msg = (
+            f"client {client!r} is {status}, not running, so it cannot predict the tiles. Pass a "
+            "connected dask.distributed.Client, or leave out client= to predict in this process."
+        )
+        raise ValueError(msg)
 
 
 @dataclass(frozen=True)
@@ -1340,10 +1365,11 @@ def _check_options(
     max_epochs: int | None = None,
     strategy: str | None = None,
     precision: str | None = None,
+    devices: int | str = 1,
 ) -> None:
     """Raise ValueError for option values that would fail late or give a meaningless result.
 
-    ``strategy`` and ``precision`` are checked when ``strategy`` is given.
+    ``strategy``, ``precision`` and ``devices`` are checked when ``strategy`` is given.
     """
     problems = []
     if not 0.0 <= score_cut <= 1.0:
@@ -1365,18 +1391,28 @@ def _check_options(
     for name, value in (("dist_tx", dist_tx), ("dist_bd", dist_bd), ("tile_size", tile_size)):
         if value is not None and not (np.isfinite(value) and value > 0):
             problems.append(f"{name} must be a positive, finite distance in µm, got {value!r}")
-    if device not in ("auto", "cpu") and str(device).startswith("cuda") and not torch.cuda.is_available():
+    if not _valid_device(device):
+        problems.append(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    elif str(device).startswith("cuda") and not torch.cuda.is_available():
         problems.append(
             f"device={device!r} was requested but torch finds no CUDA device; use 'auto' or 'cpu'"
         )
-    if strategy is not None:
+    elif strategy is not None:
         on_gpu = str(device).startswith("cuda") or (device == "auto" and torch.cuda.is_available())
         accelerator = "gpu" if on_gpu else "cpu"
-        problems += parallel_option_problems(strategy=strategy, precision=precision, accelerator=accelerator)
+        problems += parallel_option_problems(
+            strategy=strategy, precision=precision, accelerator=accelerator, devices=devices
+        )
 
     if problems:
         msg = "Invalid option(s): " + "; ".join(problems) + "."
         raise ValueError(msg)
+
+
+def _valid_device(device: object) -> bool:
+    if isinstance(device, torch.device):
+        return device.type in ("cpu", "cuda")
+    return isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", device) is not None
 
 
 def _torch_device(device: str) -> torch.device:
