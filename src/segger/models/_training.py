@@ -486,9 +486,9 @@ def _relaunch_problem(devices: int | str) -> str | None:
     if getattr(main, "__spec__", None) is None and not Path(sys.argv[0]).is_file():
         return (
             f"devices={devices!r} trains in one process per device, and Lightning starts the extra "
-            f"ones by running this program again, but Python was started as {sys.argv[0]!r} (for "
-            "example with `python -c`), not with a script file; put the call in a script and run "
-            "`python fit.py`, or use devices=1"
+            f"ones by running this program again, but Python was started as {sys.argv[0]!r}, not "
+            "with a script file (as with `python -c` or a script read from stdin); put the call "
+            "in a script and run `python fit.py`, or use devices=1"
         )
     return None
 
