@@ -45,7 +45,7 @@ SECTION = "train_tiles"
 
 
 class _TrainingLog(logging.Handler):
-    """Keep the tile counts and the training time that segger logs."""
+    """Log handler that keeps the tile counts and the training time from segger's messages."""
 
     def __init__(self) -> None:
         super().__init__(level=logging.INFO)

@@ -28,3 +28,13 @@ def merscope_ovarian_path() -> Path:
 @pytest.fixture
 def cosmx_lung_path() -> Path:
     return shared_dataset("cosmx_lung9_sample1")
+
+
+@pytest.fixture
+def no_reading(monkeypatch):
+    """Make segmentation fail if it reads the transcripts, for checks that must come first."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the transcripts were read before the options were checked")
+
+    monkeypatch.setattr("segger.tl._segment.prepare", fail)

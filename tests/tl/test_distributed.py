@@ -171,15 +171,10 @@ def test_default_client_not_used_without_client(fitted, client):
     pd.testing.assert_series_equal(points["local_cell_id"], points["segger_cell_id"], check_names=False)
 
 
-def _fail_if_read(*args, **kwargs):
-    raise AssertionError("the transcripts were read before the client was checked")
-
-
-def test_closed_client_rejected(monkeypatch):
+def test_closed_client_rejected(no_reading):
     sdata = sg.datasets.toy(n_cells=30, random_state=3)
     closed = distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)
     closed.close()
-    monkeypatch.setattr("segger.tl._segment.prepare", _fail_if_read)
 
     with pytest.raises(ValueError, match=r"is closed, not running.*leave out client="):
         sg.tl.segger_fit(sdata, client=closed, **FAST)
@@ -188,9 +183,8 @@ def test_closed_client_rejected(monkeypatch):
 
 
 @pytest.mark.parametrize("client", ["tcp://127.0.0.1:8786", 4])
-def test_wrong_client_type_rejected(fitted, monkeypatch, client):
+def test_wrong_client_type_rejected(fitted, no_reading, client):
     sdata, model = fitted
-    monkeypatch.setattr("segger.tl._segment.prepare", _fail_if_read)
 
     with pytest.raises(ValueError, match=rf"client must be a dask.distributed.Client, got {client!r}"):
         sg.tl.segger_predict(sdata, model, key_added="wrong", client=client, progress=False)

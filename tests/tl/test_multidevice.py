@@ -226,15 +226,10 @@ def test_fit_invalid_parallel_option(option, value, message):
     pd.testing.assert_frame_equal(sdata.points["transcripts"].compute(), points)
 
 
-def _fail_if_read(*args, **kwargs):
-    raise AssertionError("the transcripts were read before the options were checked")
-
-
 @pytest.mark.parametrize("strategy", ["auto", "ddp"])
-def test_devices_interactive_rejected(monkeypatch, strategy):
+def test_devices_interactive_rejected(monkeypatch, no_reading, strategy):
     sdata = sg.datasets.toy(n_cells=30, random_state=3)
     monkeypatch.setattr(sys, "ps1", ">>> ", raising=False)
-    monkeypatch.setattr("segger.tl._segment.prepare", _fail_if_read)
 
     with pytest.raises(ValueError, match=r"devices=2 trains in one process per device.*interactive session"):
         sg.tl.segger_fit(sdata, device="cpu", devices=2, strategy=strategy, **SMALL)
@@ -242,12 +237,11 @@ def test_devices_interactive_rejected(monkeypatch, strategy):
     assert "segger_table" not in sdata.tables
 
 
-def test_devices_without_script_rejected(monkeypatch):
+def test_devices_without_script_rejected(monkeypatch, no_reading):
     """Lightning's "ddp" runs the program's command again, which fails for ``python -c``."""
     sdata = sg.datasets.toy(n_cells=30, random_state=3)
     monkeypatch.setattr(sys, "argv", ["-c"])
     monkeypatch.setattr(sys.modules["__main__"], "__spec__", None)
-    monkeypatch.setattr("segger.tl._segment.prepare", _fail_if_read)
 
     with pytest.raises(ValueError, match=r"Python was started as '-c'.*put the call in a script"):
         sg.tl.segger_fit(sdata, device="cpu", devices=2, strategy="ddp", **SMALL)

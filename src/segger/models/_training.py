@@ -473,21 +473,22 @@ def _relaunch_problem(devices: int | str) -> str | None:
     """Describe why Lightning could not start one process per device from this Python program, if so.
 
     Lightning's "ddp" starts the extra processes by running the program's command again, which
-    needs a script file or a module run with ``python -m``. In an interactive session it would
-    refuse "ddp" and pick "ddp_fork" for "auto", which :func:`train` rejects after reading.
+    needs a script file or a module run with ``python -m``. In an interactive session Lightning
+    raises an error for "ddp" and picks "ddp_fork" for "auto", which :func:`train` rejects only
+    after the slide is read.
     """
     if hasattr(sys, "ps1") or sys.flags.interactive:
         return (
             f"devices={devices!r} trains in one process per device, which Lightning cannot start from "
-            "an interactive session or a notebook; run the call from a Python script "
-            "(`python fit.py`), or use devices=1"
+            "an interactive session or a notebook, so run the call from a Python script "
+            "(`python fit.py`) or use devices=1"
         )
     main = sys.modules.get("__main__")
     if getattr(main, "__spec__", None) is None and not Path(sys.argv[0]).is_file():
         return (
             f"devices={devices!r} trains in one process per device, and Lightning starts the extra "
             f"ones by running this program again, but Python was started as {sys.argv[0]!r}, not "
-            "with a script file (as with `python -c` or a script read from stdin); put the call "
+            "with a script file (as with `python -c` or a script read from stdin), so put the call "
             "in a script and run `python fit.py`, or use devices=1"
         )
     return None
